@@ -1,0 +1,83 @@
+"""The exception hierarchy of cloudckpt.
+
+Every error cloudckpt raises on purpose is a :class:`CloudckptError` and also an instance of
+the standard exception a caller would naturally catch (``FileNotFoundError``,
+``PermissionError``, ``FileExistsError``, ``ValueError``, ``OSError``). The provider's own
+exception, when there is one, is kept as ``__cause__``. Messages name the URI and the
+operation; they never contain credentials (see :func:`cloudckpt.storage.uri.redact`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "AlreadyExists",
+    "CloudckptError",
+    "CorruptCheckpoint",
+    "IncompleteCheckpoint",
+    "InvalidArgument",
+    "InvalidKey",
+    "InvalidURI",
+    "NotFound",
+    "RehydrationRequired",
+    "StorageError",
+    "TransientStorageError",
+    "UnsupportedOperation",
+]
+
+
+class CloudckptError(Exception):
+    """Base class of every error cloudckpt raises on purpose."""
+
+
+class InvalidURI(CloudckptError, ValueError):
+    """A URI cloudckpt cannot use: unknown scheme, missing bucket, malformed text."""
+
+
+class InvalidArgument(CloudckptError, ValueError):
+    """An argument cloudckpt cannot act on (unknown storage class, bad part size, ...)."""
+
+
+class InvalidKey(CloudckptError, ValueError):
+    """An object key that is empty, absolute, or escapes the store's root (``..``)."""
+
+
+class StorageError(CloudckptError, OSError):
+    """A storage operation failed permanently (not worth retrying)."""
+
+
+class TransientStorageError(StorageError):
+    """A storage operation failed in a way that may succeed if retried (throttling, 5xx,
+    timeouts, connection resets). Raised to callers only after the retry policy gave up."""
+
+
+class NotFound(StorageError, FileNotFoundError):
+    """The bucket, container, object or checkpoint does not exist."""
+
+
+class AccessDenied(StorageError, PermissionError):
+    """The credentials in use may not perform the operation."""
+
+
+class AlreadyExists(StorageError, FileExistsError):
+    """A create-only write found the object already present (the commit lost a race, or the
+    target holds a committed checkpoint)."""
+
+
+class UnsupportedOperation(StorageError):
+    """The backend cannot perform this operation (for example storage classes on a local path)."""
+
+
+class RehydrationRequired(StorageError):
+    """The object lives in an archive tier that does not allow direct reads (S3 Glacier /
+    Deep Archive, Azure Archive); it must be restored / rehydrated first."""
+
+
+class CorruptCheckpoint(CloudckptError, ValueError):
+    """Stored bytes do not match the checksum or size recorded in the manifest, or the
+    manifest itself is malformed."""
+
+
+class IncompleteCheckpoint(NotFound):
+    """Data objects exist under a checkpoint URI but no committed manifest does: a save that
+    crashed or is still in flight. Nothing under it is loadable."""

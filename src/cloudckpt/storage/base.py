@@ -1,0 +1,140 @@
+"""The Store contract every backend and wrapper implements.
+
+Call order for a streamed upload (who calls: the writer thread that owns the upload)::
+
+    up = store.start_upload(key, create_only=..., storage_class=...)
+    up.write_part(b1); up.write_part(b2); ...   # sequential, each part >= store.min_part_size
+    up.finish(tail)                              # last (possibly short or empty) part; commits
+    # or on any failure:
+    up.abort()
+
+Each method is one retryable unit: a retry wrapper re-runs a failed ``write_part`` alone, never
+the whole object. Parts are written in order; an upload is used by one thread at a time.
+Stores themselves are safe to call from many threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+__all__ = ["ObjectInfo", "PendingUpload", "Store", "Upload"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``stat`` and ``list`` report about one object. ``key`` is relative to the store
+    root; ``etag`` is the ETag (S3, Azure), generation (GCS) or a size/mtime token (local);
+    ``storage_class`` is the tier when the backend reports one."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    mtime: datetime | None = None
+    storage_class: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An upload that was started and neither completed nor aborted (S3 multipart upload,
+    local temporary file)."""
+
+    key: str
+    upload_id: str
+    initiated: datetime | None = None
+
+
+@runtime_checkable
+class Upload(Protocol):
+    """One streamed upload in progress. See the module docstring for the call order."""
+
+    key: str
+
+    def write_part(self, data: bytes | memoryview) -> None:
+        """Upload the next part (at least ``Store.min_part_size`` bytes)."""
+
+    def finish(self, tail: bytes | memoryview = b"") -> None:
+        """Upload ``tail`` as the last part and make the object visible.
+
+        Raises:
+            AlreadyExists: the upload was create-only and the object exists.
+        """
+
+    def abort(self) -> None:
+        """Discard the parts uploaded so far. Never raises for an already-finished upload."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Objects under one root URI. Keys are relative POSIX paths (see ``validate_key``).
+
+    Every method raises our own errors (``cloudckpt.errors``): ``NotFound``,
+    ``AccessDenied``, ``AlreadyExists``, ``TransientStorageError``, ``StorageError``,
+    ``InvalidKey``, ``UnsupportedOperation``.
+    """
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def min_part_size(self) -> int: ...
+
+    def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False,
+            storage_class: str | None = None) -> None:
+        """Write one object whole. ``create_only`` fails with ``AlreadyExists`` if it exists;
+        the check and the write are one atomic step on every backend."""
+
+    def get(self, key: str) -> bytes:
+        """Read a whole object."""
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Read bytes ``[start, end)`` of an object. Short reads past the end are returned
+        as-is; the caller checks sizes."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size, etag/generation, mtime and storage class of one object."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object exists at ``key``."""
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object under ``prefix`` (recursive, all pages), sorted by key."""
+
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a missing object is not an error."""
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete many objects in batches; missing objects are not an error."""
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Server-side copy inside this store."""
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Move an object to another storage class / access tier in place."""
+
+    def start_upload(self, key: str, *, create_only: bool = False,
+                     storage_class: str | None = None) -> Upload:
+        """Begin a streamed upload of one object in parts."""
+
+    def list_pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+        """Uploads started and never completed or aborted."""
+
+    def abort_pending_upload(self, pending: PendingUpload) -> None:
+        """Abort one pending upload found by ``list_pending_uploads``."""
+
+
+def iter_parts(chunks: Iterable[bytes | memoryview], part_size: int) -> Iterable[bytes]:
+    """Re-cut a stream of byte chunks into parts of exactly ``part_size`` bytes, the last one
+    possibly shorter (and possibly empty when the stream is empty). Pure helper."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += chunk
+        while len(buf) >= part_size:
+            yield bytes(buf[:part_size])
+            del buf[:part_size]
+    yield bytes(buf)

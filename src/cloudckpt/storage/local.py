@@ -1,0 +1,215 @@
+"""Local filesystem and in-memory backends.
+
+Local writes go to a temporary file beside the target, are fsynced, then published with
+``os.link`` (create-only: fails if the target exists, atomically) or ``os.replace``; the
+directory is fsynced too. A reader never sees a partial file, and a crash leaves only a
+temporary file that :meth:`LocalBackend.list_pending` reports for clean-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+
+from cloudckpt.errors import AlreadyExists, UnsupportedOperation
+from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
+from cloudckpt.storage.common import generic_object_info
+
+__all__ = ["LocalBackend", "MemoryBackend"]
+
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.cloudckpt-tmp-(?P<id>[0-9a-f]{32})$")
+
+
+def _tmp_path(path: str) -> str:
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.cloudckpt-tmp-{uuid.uuid4().hex}")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: str, path: str, create_only: bool) -> None:
+    """Atomically move the fsynced ``tmp`` to ``path``; removes ``tmp`` in every case."""
+    try:
+        if create_only:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise AlreadyExists(f"create-only write: {path} already exists") from None
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(path))
+
+
+class _LocalUpload:
+    """A streamed write into a temporary file, published on :meth:`finish`."""
+
+    def __init__(self, path: str, key: str, create_only: bool) -> None:
+        self.key = key
+        self._path = path
+        self._create_only = create_only
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._tmp = _tmp_path(path)
+        self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._offset = 0
+
+    def write_part(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None, "upload already finished or aborted"
+        # pwrite at the part's own offset: a retried part overwrites itself, never appends twice
+        os.pwrite(self._fd, data, self._offset)
+        self._offset += len(data)
+
+    def finish(self, tail: bytes | memoryview = b"") -> None:
+        assert self._fd is not None, "upload already finished or aborted"
+        if tail:
+            os.pwrite(self._fd, tail, self._offset)
+            self._offset += len(tail)
+        os.ftruncate(self._fd, self._offset)
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        _publish(self._tmp, self._path, self._create_only)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+
+
+class LocalBackend:
+    """``file://`` and plain paths."""
+
+    min_part_size = 1
+    storage_classes: frozenset[str] = frozenset()
+
+    def make_fs(self, options: Mapping[str, Any], bucket: str) -> Any:
+        return fsspec.filesystem("file", **{"auto_mkdir": True, **options})
+
+    def put(self, fs: Any, path: str, data: bytes | memoryview, *, create_only: bool,
+            storage_class: str | None) -> None:
+        self._no_class(storage_class)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = _tmp_path(path)
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _publish(tmp, path, create_only)
+
+    def start_upload(self, fs: Any, path: str, key: str, *, create_only: bool,
+                     storage_class: str | None) -> Upload:
+        self._no_class(storage_class)
+        return _LocalUpload(path, key, create_only)
+
+    def set_storage_class(self, fs: Any, path: str, storage_class: str) -> None:
+        self._no_class(storage_class)
+
+    @staticmethod
+    def _no_class(storage_class: str | None) -> None:
+        if storage_class is not None:
+            raise UnsupportedOperation("local filesystem stores have no storage classes")
+
+    def info_to_object(self, fs: Any, path: str, key: str, info: Mapping[str, Any],
+                       *, full: bool) -> ObjectInfo:
+        etag = f"{info.get('ino', 0)}-{info.get('size', 0)}-{info.get('mtime', 0)}"
+        return generic_object_info(key, {**info, "etag": etag}, etag_field="etag",
+                                   mtime_fields=("mtime",), storage_class=None)
+
+    def is_internal(self, path: str) -> bool:
+        return _TMP_RE.match(os.path.basename(path)) is not None
+
+    def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
+        out = []
+        if not os.path.isdir(root):
+            return []
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                m = _TMP_RE.match(name)
+                if m is None:
+                    continue
+                full = os.path.join(dirpath, name)
+                target = os.path.relpath(os.path.join(dirpath, m.group("name")), root)
+                try:
+                    mtime = datetime.fromtimestamp(os.stat(full).st_mtime, tz=timezone.utc)
+                except FileNotFoundError:
+                    continue
+                out.append((full, PendingUpload(target.replace(os.sep, "/"), name, mtime)))
+        return sorted(out, key=lambda p: p[0])
+
+    def abort_pending(self, fs: Any, path: str, pending: PendingUpload) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+class _MemoryUpload:
+    def __init__(self, backend: MemoryBackend, fs: Any, path: str, key: str,
+                 create_only: bool) -> None:
+        self.key = key
+        self._backend, self._fs, self._path, self._create_only = backend, fs, path, create_only
+        self._parts: list[bytes] = []
+
+    def write_part(self, data: bytes | memoryview) -> None:
+        self._parts.append(bytes(data))
+
+    def finish(self, tail: bytes | memoryview = b"") -> None:
+        self._parts.append(bytes(tail))
+        self._backend.put(self._fs, self._path, b"".join(self._parts),
+                          create_only=self._create_only, storage_class=None)
+        self._parts = []
+
+    def abort(self) -> None:
+        self._parts = []
+
+
+class MemoryBackend(LocalBackend):
+    """``memory://``: fsspec's process-wide in-memory filesystem, for fast unit tests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def make_fs(self, options: Mapping[str, Any], bucket: str) -> Any:
+        return fsspec.filesystem("memory", **options)
+
+    def put(self, fs: Any, path: str, data: bytes | memoryview, *, create_only: bool,
+            storage_class: str | None) -> None:
+        self._no_class(storage_class)
+        with self._lock:  # make check-and-create atomic across threads
+            fs.pipe_file(path, bytes(data), mode="create" if create_only else "overwrite")
+
+    def start_upload(self, fs: Any, path: str, key: str, *, create_only: bool,
+                     storage_class: str | None) -> Upload:
+        self._no_class(storage_class)
+        return _MemoryUpload(self, fs, path, key, create_only)
+
+    def info_to_object(self, fs: Any, path: str, key: str, info: Mapping[str, Any],
+                       *, full: bool) -> ObjectInfo:
+        return generic_object_info(key, {**info, "etag": f"{info.get('created')}-{info.get('size')}"},
+                                   etag_field="etag", mtime_fields=("created",), storage_class=None)
+
+    def is_internal(self, path: str) -> bool:
+        return False
+
+    def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
+        return []

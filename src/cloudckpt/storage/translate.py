@@ -1,0 +1,175 @@
+"""Translate provider exceptions (botocore, gcsfs, azure-core, aiohttp, OS) into ours.
+
+Classification uses error codes, HTTP statuses and exception types, never message text. The
+original exception is kept as ``__cause__``; messages name the operation and the (redacted) URI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Iterator
+
+from cloudckpt.errors import (
+    AccessDenied,
+    AlreadyExists,
+    CloudckptError,
+    NotFound,
+    RehydrationRequired,
+    StorageError,
+    TransientStorageError,
+)
+from cloudckpt.storage.uri import redact
+
+__all__ = ["is_transient", "translate_error"]
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_NOT_FOUND_CODES = frozenset({
+    "NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NotFound", "404",
+    "BlobNotFound", "ContainerNotFound", "ResourceNotFound",
+})
+_DENIED_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+    "AccountProblem", "InvalidToken", "ExpiredToken", "403", "AuthenticationFailed",
+    "AuthorizationFailure", "AuthorizationPermissionMismatch", "InsufficientAccountPermissions",
+})
+_EXISTS_CODES = frozenset({"PreconditionFailed", "BlobAlreadyExists", "ConditionNotMet", "412"})
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException",
+    "ServerBusy", "OperationTimedOut", "InternalServerError", "BandwidthLimitExceeded",
+    "500", "502", "503", "504",
+})
+_ARCHIVED_CODES = frozenset({"InvalidObjectState", "BlobArchived"})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(seen) < 16:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+def _code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
+    """Provider error code and HTTP status of one exception, if it carries them."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:  # botocore ClientError
+        code = response.get("Error", {}).get("Code")
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return (str(code) if code is not None else None), status
+    status_code = getattr(exc, "status_code", None)  # azure-core HttpResponseError
+    if isinstance(status_code, int):
+        return getattr(exc, "error_code", None), status_code
+    code = getattr(exc, "code", None)  # gcsfs HttpError
+    if isinstance(code, int) and type(exc).__name__ == "HttpError":
+        return None, code
+    status = getattr(exc, "status", None)  # aiohttp ClientResponseError
+    if isinstance(status, int) and type(exc).__module__.startswith("aiohttp"):
+        return None, status
+    return None, None
+
+
+def _network_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [
+        TimeoutError, ConnectionError, socket.timeout, asyncio.TimeoutError,
+    ]
+    try:
+        from botocore import exceptions as be
+
+        types += [be.ConnectionError, be.HTTPClientError, be.ReadTimeoutError,
+                  be.ConnectTimeoutError, be.ResponseStreamingError, be.IncompleteReadError]
+    except ImportError:  # pragma: no cover - s3 extra not installed
+        pass
+    try:
+        import aiohttp
+
+        types += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+                  aiohttp.ServerTimeoutError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from azure.core import exceptions as ae
+
+        types += [ae.ServiceRequestError, ae.ServiceResponseError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from fsspec.exceptions import FSTimeoutError
+
+        types.append(FSTimeoutError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+_NETWORK = _network_types()
+
+
+def _classify(exc: BaseException) -> type[StorageError]:
+    for e in _chain(exc):
+        code, status = _code_and_status(e)
+        if code in _ARCHIVED_CODES:
+            return RehydrationRequired
+        if code in _NOT_FOUND_CODES:
+            return NotFound
+        if code in _DENIED_CODES:
+            return AccessDenied
+        if code in _EXISTS_CODES:
+            return AlreadyExists
+        if code in _TRANSIENT_CODES:
+            return TransientStorageError
+        if status is not None:
+            if status == 404:
+                return NotFound
+            if status in (401, 403):
+                return AccessDenied
+            if status in (409, 412):
+                return AlreadyExists
+            if status in TRANSIENT_STATUS:
+                return TransientStorageError
+    for e in _chain(exc):
+        if isinstance(e, FileExistsError):
+            return AlreadyExists
+        if isinstance(e, FileNotFoundError):
+            return NotFound
+        if isinstance(e, PermissionError):
+            return AccessDenied
+        if isinstance(e, _NETWORK):
+            return TransientStorageError
+        if isinstance(e, OSError) and e.errno in (errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE):
+            return TransientStorageError
+    return StorageError
+
+
+def translate_error(exc: BaseException, op: str, uri: str) -> CloudckptError:
+    """Map ``exc`` raised by ``op`` on ``uri`` to one of our errors (returned, not raised).
+
+    Our own errors pass through unchanged. The caller raises the result ``from exc``.
+    """
+    if isinstance(exc, CloudckptError):
+        return exc
+    cls = _classify(exc)
+    code, status = next(
+        (cs for cs in map(_code_and_status, _chain(exc)) if cs != (None, None)), (None, None)
+    )
+    detail = " ".join(x for x in (code, f"HTTP {status}" if status else None) if x)
+    reason = redact(str(exc) or type(exc).__name__)[:300]
+    msg = f"{op} {redact(uri)} failed: {type(exc).__name__}"
+    msg += f" ({detail})" if detail else ""
+    msg += f": {reason}"
+    if cls is RehydrationRequired:
+        msg += (" -- the object is in an archive tier; restore it first (S3: restore-object; "
+                "Azure: set the tier to Hot/Cool and wait for rehydration), then retry")
+    return cls(msg)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (ours or a provider's) is worth retrying."""
+    if isinstance(exc, TransientStorageError):
+        return True
+    if isinstance(exc, CloudckptError):
+        return False
+    return _classify(exc) is TransientStorageError
