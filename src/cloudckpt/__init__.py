@@ -15,7 +15,7 @@ from cloudckpt.errors import (
 )
 from cloudckpt.storage import open_store
 
-__version__ = "0.1.0"
+from cloudckpt._version import __version__
 
 __all__ = [
     "AccessDenied",
@@ -32,3 +32,8 @@ __all__ = [
     "__version__",
     "open_store",
 ]
+
+from cloudckpt.reader import inspect, load  # noqa: E402
+from cloudckpt.writer import SaveInfo, save  # noqa: E402
+
+__all__ += ["SaveInfo", "inspect", "load", "save"]

@@ -23,6 +23,7 @@ __all__ = [
     "StorageError",
     "TransientStorageError",
     "UnsupportedOperation",
+    "UnsupportedValue",
 ]
 
 
@@ -36,6 +37,11 @@ class InvalidURI(CloudckptError, ValueError):
 
 class InvalidArgument(CloudckptError, ValueError):
     """An argument cloudckpt cannot act on (unknown storage class, bad part size, ...)."""
+
+
+class UnsupportedValue(CloudckptError, TypeError):
+    """A value in the state cannot be checkpointed without pickle; the message names its
+    key path. Raised at save time, before anything is written."""
 
 
 class InvalidKey(CloudckptError, ValueError):

@@ -1,0 +1,98 @@
+"""Plan how leaves are cut into chunks and chunks grouped into data objects. Pure functions.
+
+Large leaves are cut into chunks of ``chunk_size`` bytes (aligned to the element size); small
+ones are packed together with others of the same codec and element size, so 10,000 tiny
+tensors become a handful of chunks. Chunks are grouped in order into objects of about
+``object_size`` raw bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["ChunkPlan", "LeafInfo", "choose_codec", "leaf_info", "plan_chunks", "plan_objects"]
+
+_FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
+           torch.complex128, torch.complex32}
+
+
+@dataclass(frozen=True)
+class LeafInfo:
+    """What the planner needs to know about one leaf."""
+
+    nbytes: int
+    itemsize: int
+    floating: bool
+
+
+@dataclass
+class ChunkPlan:
+    """One chunk: byte ranges ``(leaf, start, end)`` concatenated, encoded with ``codec``."""
+
+    codec: str
+    itemsize: int
+    pieces: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def raw_size(self) -> int:
+        return sum(e - s for _, s, e in self.pieces)
+
+
+def leaf_info(value: torch.Tensor | np.ndarray) -> LeafInfo:
+    if isinstance(value, torch.Tensor):
+        item = value.element_size()
+        floating = value.dtype in _FLOATS
+        if value.is_complex():
+            item //= 2  # byte-group each real component
+        return LeafInfo(value.numel() * value.element_size(), item, floating)
+    item = value.dtype.itemsize
+    floating = value.dtype.kind in "fc"
+    if value.dtype.kind == "c":
+        item //= 2
+    return LeafInfo(value.nbytes, item, floating)
+
+
+def choose_codec(info: LeafInfo, compression: str) -> tuple[str, int]:
+    """(codec, itemsize) for a leaf under the user's ``compression`` choice."""
+    if compression == "none":
+        return "none", 1
+    if info.floating and info.itemsize >= 2 and compression in ("auto", "bg-zstd"):
+        return "bg-zstd", info.itemsize
+    return "zstd", 1
+
+
+def plan_chunks(infos: list[LeafInfo], compression: str, chunk_size: int) -> list[ChunkPlan]:
+    """Cut and pack leaves into chunks (see the module docstring)."""
+    chunks: list[ChunkPlan] = []
+    packs: dict[tuple[str, int], ChunkPlan] = {}
+    for idx, info in enumerate(infos):
+        codec, item = choose_codec(info, compression)
+        if info.nbytes == 0:
+            continue
+        if info.nbytes >= chunk_size:
+            step = max(item, chunk_size - chunk_size % item)
+            for start in range(0, info.nbytes, step):
+                chunks.append(ChunkPlan(codec, item, [(idx, start, min(info.nbytes, start + step))]))
+            continue
+        pack = packs.get((codec, item))
+        if pack is None or pack.raw_size + info.nbytes > chunk_size:
+            pack = packs[(codec, item)] = ChunkPlan(codec, item)
+            chunks.append(pack)
+        pack.pieces.append((idx, 0, info.nbytes))
+    return chunks
+
+
+def plan_objects(chunks: list[ChunkPlan], object_size: int) -> list[list[int]]:
+    """Group chunk indices, in order, into objects of about ``object_size`` raw bytes."""
+    groups: list[list[int]] = []
+    size = object_size
+    for i, c in enumerate(chunks):
+        if size >= object_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += c.raw_size
+    return groups

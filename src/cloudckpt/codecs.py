@@ -1,0 +1,168 @@
+"""Chunk codecs: ``none``, ``zstd`` and byte-grouped zstd (``bg-zstd``) for floating dtypes.
+
+A codec turns the raw bytes of one chunk into stored bytes and back; every chunk records its
+codec name in the manifest. ``bg-zstd`` splits each element's bytes into planes (byte *j* of
+every element), compresses the top (sign/exponent) plane with zstd-1 always, and each other
+plane only if a sample of it shrinks; incompressible mantissa planes are stored raw. Stored
+layout of a ``bg-zstd`` chunk::
+
+    b"BG" | itemsize:u8 | n_planes:u8 | per plane: flag:u8 (0 raw, 1 zstd), size:u64 LE | planes
+
+Codecs are stateless and thread-safe: zstandard's (de)compressor objects are not, so each call
+makes its own (cheap at level 1). Extension point: the :class:`Codec` Protocol and
+:func:`get_codec` / :data:`CODECS`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+import zstandard
+
+from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
+
+__all__ = ["CODECS", "BGZstdCodec", "Codec", "NoneCodec", "ZstdCodec", "get_codec"]
+
+ZSTD_LEVEL = 1
+_SAMPLE = 64 * 1024
+_SHRINK = 0.95  # a plane is worth compressing if its sample shrinks below this
+_PLANE_HDR = struct.Struct("<BQ")
+
+
+class Codec(Protocol):
+    """Encodes one chunk. ``itemsize`` is the element size of the chunk's dtype (1 for
+    packed or byte-like data)."""
+
+    name: str
+
+    def encode(self, raw: memoryview, itemsize: int) -> bytes | memoryview:
+        """Return the stored bytes (may be ``raw`` itself for the identity codec)."""
+
+    def decode(self, stored: bytes | memoryview, raw_size: int, itemsize: int) -> bytes | memoryview:
+        """Return exactly ``raw_size`` raw bytes.
+
+        Raises:
+            CorruptCheckpoint: the stored bytes cannot be decoded to that size.
+        """
+
+
+class NoneCodec:
+    name = "none"
+
+    def encode(self, raw: memoryview, itemsize: int) -> bytes | memoryview:
+        return raw
+
+    def decode(self, stored: bytes | memoryview, raw_size: int, itemsize: int) -> bytes | memoryview:
+        if len(stored) != raw_size:
+            raise CorruptCheckpoint(f"raw chunk has {len(stored)} bytes, expected {raw_size}")
+        return stored
+
+
+def _decompress(data: bytes | memoryview, size: int) -> bytes:
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as e:
+        raise CorruptCheckpoint(f"zstd data cannot be decoded: {e}") from e
+    if len(out) != size:
+        raise CorruptCheckpoint(f"zstd data decoded to {len(out)} bytes, expected {size}")
+    return out
+
+
+class ZstdCodec:
+    name = "zstd"
+
+    def encode(self, raw: memoryview, itemsize: int) -> bytes | memoryview:
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+
+    def decode(self, stored: bytes | memoryview, raw_size: int, itemsize: int) -> bytes | memoryview:
+        return _decompress(stored, raw_size)
+
+
+class BGZstdCodec:
+    """Byte-grouped zstd for floating-point data (see the module docstring)."""
+
+    name = "bg-zstd"
+
+    def encode(self, raw: memoryview, itemsize: int) -> bytes | memoryview:
+        if itemsize < 2 or len(raw) % itemsize:
+            return b"BG\x01\x01" + _PLANE_HDR.pack(1, 0) if not len(raw) else self._single(raw)
+        planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, itemsize).T
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        header = [b"BG", bytes((itemsize, itemsize))]
+        bodies: list[bytes | memoryview] = []
+        for j in range(itemsize):
+            plane = np.ascontiguousarray(planes[j]).data
+            stored: bytes | memoryview = plane
+            flag = 0
+            top = j == itemsize - 1  # little-endian: the last byte holds sign + exponent
+            if top or len(cctx.compress(plane[:_SAMPLE])) < _SHRINK * min(len(plane), _SAMPLE):
+                packed = cctx.compress(plane)
+                if len(packed) < len(plane):
+                    stored, flag = packed, 1
+            header.append(_PLANE_HDR.pack(flag, len(stored)))
+            bodies.append(stored)
+        return b"".join(header + bodies)
+
+    @staticmethod
+    def _single(raw: memoryview) -> bytes:
+        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+        return b"BG\x01\x01" + _PLANE_HDR.pack(1, len(packed)) + packed
+
+    def decode(self, stored: bytes | memoryview, raw_size: int, itemsize: int) -> bytes | memoryview:
+        mv = memoryview(stored)
+        if len(mv) < 4 or bytes(mv[:2]) != b"BG":
+            raise CorruptCheckpoint("byte-grouped chunk has a bad header")
+        k, n = mv[2], mv[3]
+        if n != k or k == 0 or raw_size % k:
+            raise CorruptCheckpoint(f"byte-grouped chunk has {n} planes of itemsize {k} "
+                                    f"for {raw_size} raw bytes")
+        pos = 4 + n * _PLANE_HDR.size
+        if len(mv) < pos:
+            raise CorruptCheckpoint("byte-grouped chunk header is truncated")
+        plane_len = raw_size // k
+        out = np.empty((plane_len, k), dtype=np.uint8)
+        for j in range(n):
+            flag, size = _PLANE_HDR.unpack_from(mv, 4 + j * _PLANE_HDR.size)
+            body = mv[pos:pos + size]
+            if len(body) != size or flag not in (0, 1):
+                raise CorruptCheckpoint("byte-grouped chunk plane is truncated or malformed")
+            pos += size
+            plane = _decompress(body, plane_len) if flag else body
+            if len(plane) != plane_len:
+                raise CorruptCheckpoint(f"plane {j} has {len(plane)} bytes, expected {plane_len}")
+            if k == 1:
+                return bytes(plane)
+            out[:, j] = np.frombuffer(plane, dtype=np.uint8)
+        if pos != len(mv):
+            raise CorruptCheckpoint("byte-grouped chunk has trailing bytes")
+        return out.data.cast("B")
+
+
+CODECS: Mapping[str, Codec] = {c.name: c for c in (NoneCodec(), ZstdCodec(), BGZstdCodec())}
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called ``name``.
+
+    Raises:
+        CorruptCheckpoint: unknown name (a manifest from a newer version, or tampering).
+    """
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise CorruptCheckpoint(f"unknown codec {name!r}; known: {sorted(CODECS)}") from None
+
+
+def check_compression(name: str) -> str:
+    """Validate a user's ``compression=`` choice: ``"auto"`` (bg-zstd for floats, zstd for
+    the rest), ``"zstd"``, or ``"none"``.
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    if name not in ("auto", "zstd", "none", "bg-zstd"):
+        raise InvalidArgument(f"compression must be 'auto', 'zstd', 'bg-zstd' or 'none', not {name!r}")
+    return name

@@ -1,0 +1,248 @@
+"""The checkpoint manifest: frozen dataclasses <-> versioned, checksummed JSON. Pure data.
+
+File layout (``manifest.json``)::
+
+    {"format":"cloudckpt-manifest","format_version":1,"body_length":N,"body_sha256":"..."}\\n
+    <body: N bytes of compact JSON>
+
+The header line makes every single-byte change detectable: the body is covered by SHA-256, and
+the header's own fields are validated exactly. Unknown versions, fields, tags or codecs are
+rejected with :class:`~cloudckpt.errors.CorruptCheckpoint`, never dropped.
+
+A chunk's ``object`` is a key relative to the checkpoint root (``data/<save_id>/<n>.bin``), or
+``@<sibling>/<key>`` for an object owned by a sibling checkpoint under the same parent prefix:
+the hook for incremental saves that reuse unchanged chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudckpt.codecs import CODECS
+from cloudckpt.errors import CorruptCheckpoint
+from cloudckpt.storage.uri import validate_key
+
+__all__ = ["FORMAT_VERSION", "ChunkRecord", "Manifest", "Segment", "TensorRecord",
+           "decode_manifest", "encode_manifest"]
+
+FORMAT_NAME = "cloudckpt-manifest"
+FORMAT_VERSION = 1
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+_SIBLING = re.compile(r"^@([A-Za-z0-9._=-]+)/(.+)$")
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One encoded chunk: where its stored bytes live and how to check and decode them."""
+
+    object: str
+    offset: int
+    stored_size: int
+    raw_size: int
+    codec: str
+    itemsize: int
+    stored_xxh3: str
+    raw_xxh3: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` bytes of a tensor, found at ``offset`` of chunk number ``chunk`` (decoded)."""
+
+    chunk: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One tensor or array leaf. ``path`` is its key path, for messages; ``device`` where it
+    lived when saved. Its bytes are the concatenation of its segments, in order."""
+
+    path: str
+    kind: str  # "torch" or "numpy"
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    device: str
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to load a checkpoint, without reading tensor data."""
+
+    save_id: str
+    created: str
+    library_version: str
+    tree: Any
+    tensors: tuple[TensorRecord, ...]
+    chunks: tuple[ChunkRecord, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(c.stored_size for c in self.chunks)
+
+    @property
+    def objects(self) -> list[str]:
+        """Distinct data objects, in first-use order."""
+        return list(dict.fromkeys(c.object for c in self.chunks))
+
+
+def encode_manifest(m: Manifest) -> bytes:
+    """Serialise ``m`` (header line + body)."""
+    body = json.dumps({
+        "save_id": m.save_id,
+        "created": m.created,
+        "library_version": m.library_version,
+        "metadata": m.metadata,
+        "tree": m.tree,
+        "tensors": [[t.path, t.kind, t.dtype, list(t.shape), t.nbytes, t.device,
+                     [[s.chunk, s.offset, s.length] for s in t.segments]] for t in m.tensors],
+        "chunks": [[c.object, c.offset, c.stored_size, c.raw_size, c.codec, c.itemsize,
+                    c.stored_xxh3, c.raw_xxh3] for c in m.chunks],
+        "totals": {"raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes,
+                   "tensors": len(m.tensors), "chunks": len(m.chunks)},
+    }, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode()
+    header = json.dumps({"format": FORMAT_NAME, "format_version": m.format_version,
+                         "body_length": len(body),
+                         "body_sha256": hashlib.sha256(body).hexdigest()},
+                        separators=(",", ":")).encode()
+    return header + b"\n" + body
+
+
+def _fail(msg: str) -> CorruptCheckpoint:
+    return CorruptCheckpoint(f"invalid manifest: {msg}")
+
+
+def _int(v: Any, what: str, minimum: int = 0) -> int:
+    if type(v) is not int or v < minimum:
+        raise _fail(f"{what} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise _fail(f"{what} must be a string, got {v!r}")
+    return v
+
+
+def _exact_keys(d: Any, keys: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise _fail(f"{what} must be an object")
+    if set(d) != keys:
+        extra, missing = sorted(set(d) - keys), sorted(keys - set(d))
+        raise _fail(f"{what}: unknown fields {extra}, missing fields {missing}")
+    return d
+
+
+def check_object_ref(ref: str) -> str:
+    """Validate a chunk's object reference (own key, or ``@sibling/key``)."""
+    m = _SIBLING.match(ref)
+    try:
+        validate_key(m.group(2) if m else ref)
+    except ValueError as e:
+        raise _fail(f"unsafe object name {ref!r}") from e
+    if m and m.group(1) in (".", ".."):
+        raise _fail(f"unsafe sibling name in {ref!r}")
+    return ref
+
+
+def _chunk(v: Any, i: int) -> ChunkRecord:
+    if not isinstance(v, list) or len(v) != 8:
+        raise _fail(f"chunk {i} must be an 8-element list")
+    c = ChunkRecord(check_object_ref(_str(v[0], "chunk object")), _int(v[1], "chunk offset"),
+                    _int(v[2], "chunk stored_size"), _int(v[3], "chunk raw_size"),
+                    _str(v[4], "chunk codec"), _int(v[5], "chunk itemsize", 1),
+                    _str(v[6], "stored checksum"), _str(v[7], "raw checksum"))
+    if c.codec not in CODECS:
+        raise _fail(f"chunk {i} has unknown codec {c.codec!r}")
+    if not (_HEX16.match(c.stored_xxh3) and _HEX16.match(c.raw_xxh3)):
+        raise _fail(f"chunk {i} has malformed checksums")
+    return c
+
+
+def _tensor(v: Any, i: int, chunks: tuple[ChunkRecord, ...]) -> TensorRecord:
+    if not isinstance(v, list) or len(v) != 7:
+        raise _fail(f"tensor {i} must be a 7-element list")
+    kind = _str(v[1], "tensor kind")
+    if kind not in ("torch", "numpy"):
+        raise _fail(f"tensor {i} has unknown kind {kind!r}")
+    if not isinstance(v[3], list) or not isinstance(v[6], list):
+        raise _fail(f"tensor {i} shape/segments must be lists")
+    segs = []
+    for s in v[6]:
+        if not isinstance(s, list) or len(s) != 3:
+            raise _fail(f"tensor {i} has a malformed segment")
+        seg = Segment(_int(s[0], "segment chunk"), _int(s[1], "segment offset"),
+                      _int(s[2], "segment length"))
+        if seg.chunk >= len(chunks) or seg.offset + seg.length > chunks[seg.chunk].raw_size:
+            raise _fail(f"tensor {i} segment points outside its chunk")
+        segs.append(seg)
+    t = TensorRecord(_str(v[0], "tensor path"), kind, _str(v[2], "tensor dtype"),
+                     tuple(_int(d, "tensor dim") for d in v[3]), _int(v[4], "tensor nbytes"),
+                     _str(v[5], "tensor device"), tuple(segs))
+    if sum(s.length for s in t.segments) != t.nbytes:
+        raise _fail(f"tensor {t.path} segments do not add up to {t.nbytes} bytes")
+    return t
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    """Parse and validate a manifest file.
+
+    Raises:
+        CorruptCheckpoint: bad checksum, unknown format version, unknown or missing fields,
+            values of the wrong type, references outside the checkpoint.
+    """
+    head, sep, body = data.partition(b"\n")
+    if not sep:
+        raise _fail("no header line")
+    try:
+        header = json.loads(head)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _fail("header is not JSON") from e
+    if isinstance(header, dict) and header.get("format") == FORMAT_NAME and (
+            isinstance(header.get("format_version"), int)
+            and header["format_version"] > FORMAT_VERSION):
+        raise CorruptCheckpoint(
+            f"manifest format version {header['format_version']} is newer than this cloudckpt "
+            f"understands ({FORMAT_VERSION}); upgrade cloudckpt to load it")
+    header = _exact_keys(header, {"format", "format_version", "body_length", "body_sha256"},
+                         "header")
+    if header["format"] != FORMAT_NAME or header["format_version"] != FORMAT_VERSION:
+        raise _fail(f"unsupported format {header['format']!r} v{header['format_version']!r}")
+    if header["body_length"] != len(body):
+        raise _fail(f"body is {len(body)} bytes, header says {header['body_length']!r} (truncated?)")
+    if hashlib.sha256(body).hexdigest() != header["body_sha256"]:
+        raise _fail("body checksum mismatch")
+    try:
+        d = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _fail("body is not JSON") from e
+    d = _exact_keys(d, {"save_id", "created", "library_version", "metadata", "tree", "tensors",
+                        "chunks", "totals"}, "body")
+    if not isinstance(d["chunks"], list) or not isinstance(d["tensors"], list):
+        raise _fail("chunks and tensors must be lists")
+    chunks = tuple(_chunk(c, i) for i, c in enumerate(d["chunks"]))
+    tensors = tuple(_tensor(t, i, chunks) for i, t in enumerate(d["tensors"]))
+    if not isinstance(d["metadata"], dict):
+        raise _fail("metadata must be an object")
+    m = Manifest(save_id=_str(d["save_id"], "save_id"), created=_str(d["created"], "created"),
+                 library_version=_str(d["library_version"], "library_version"), tree=d["tree"],
+                 tensors=tensors, chunks=chunks, metadata=d["metadata"])
+    totals = _exact_keys(d["totals"], {"raw_bytes", "stored_bytes", "tensors", "chunks"}, "totals")
+    if totals != {"raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes,
+                  "tensors": len(tensors), "chunks": len(chunks)}:
+        raise _fail("totals do not match the records")
+    return m

@@ -1,0 +1,236 @@
+"""``cloudckpt.save``: stream a state tree to a store in encoded, checksummed chunks.
+
+Pipeline (the caller's thread plans; a bounded pool encodes and uploads): the state is encoded
+as a JSON tree plus leaves (:mod:`cloudckpt.tree`); leaves are cut and packed into chunks and
+chunks grouped into objects (:mod:`cloudckpt.chunking`); each object is one task that reads
+its bytes straight from the tensors (CPU tensors without a copy, device tensors one chunk at
+a time), encodes, checksums and uploads them. At most ``memory_budget`` bytes are in flight, so
+memory does not grow with the checkpoint. The manifest is written last, create-only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import xxhash
+
+from cloudckpt._version import __version__ as _version
+from cloudckpt.chunking import ChunkPlan, leaf_info, plan_chunks, plan_objects
+from cloudckpt.codecs import check_compression, get_codec
+from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument, NotFound
+from cloudckpt.layout import MANIFEST_KEY, data_key, read_manifest
+from cloudckpt.manifest import ChunkRecord, Manifest, Segment, TensorRecord, encode_manifest
+from cloudckpt.storage import Store, open_store
+from cloudckpt.tree import Leaf, encode_tree
+
+__all__ = ["SaveInfo", "save"]
+
+MiB = 1024 * 1024
+DEFAULT_CHUNK_SIZE = 4 * MiB
+DEFAULT_OBJECT_SIZE = 16 * MiB
+DEFAULT_MEMORY_BUDGET = 256 * MiB
+
+
+@dataclass(frozen=True)
+class SaveInfo:
+    """What :func:`save` did."""
+
+    uri: str
+    save_id: str
+    raw_bytes: int
+    stored_bytes: int
+    tensors: int
+    chunks: int
+    objects: int
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        """Stored bytes over raw bytes (1.0 for an empty state)."""
+        return self.stored_bytes / self.raw_bytes if self.raw_bytes else 1.0
+
+
+def _xxh(data: bytes | memoryview) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+def _byte_reader(value: torch.Tensor | np.ndarray) -> Callable[[int, int], memoryview]:
+    """A function returning bytes ``[start, end)`` of the leaf's raw (C-order) data."""
+    if isinstance(value, np.ndarray):
+        flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+        return lambda s, e: flat[s:e].data
+    t = value.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    flat_t = t.reshape(-1).view(torch.uint8)
+    if flat_t.device.type == "cpu":
+        arr = flat_t.numpy()
+        return lambda s, e: arr[s:e].data
+    return lambda s, e: flat_t[s:e].cpu().numpy().data  # one chunk copied to host at a time
+
+
+def _device(value: torch.Tensor | np.ndarray) -> str:
+    return str(value.device) if isinstance(value, torch.Tensor) else "cpu"
+
+
+def _dtype_name(value: torch.Tensor | np.ndarray) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(value.dtype).removeprefix("torch.")
+    return value.dtype.str
+
+
+def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = "auto",
+         storage_options: Mapping[str, Any] | None = None,
+         metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
+         chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
+         memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
+         storage_class: str | None = None) -> SaveInfo:
+    """Save ``state`` (nested dict/list/tuple of tensors, arrays and plain values) to ``uri``.
+
+    ``compression``: ``"auto"`` (byte-grouped zstd for floats, zstd for the rest), ``"zstd"``,
+    ``"none"``. ``metadata``: JSON-serialisable user data kept in the manifest.
+    ``overwrite``: replace a committed checkpoint at ``uri``; readers see either the old or
+    the new one, never a mix. Any thread may call this; the state must not be mutated while it
+    runs (use the manager's async save for that).
+
+    Raises:
+        AlreadyExists: ``uri`` holds a committed checkpoint and ``overwrite`` is false.
+        UnsupportedValue: a value cannot be saved (raised before anything is written).
+        InvalidArgument: bad sizes, compression or metadata.
+        StorageError and subclasses: the store failed; nothing was committed.
+    """
+    t0 = time.perf_counter()
+    check_compression(compression)
+    if min(chunk_size, object_size, memory_budget) <= 0:
+        raise InvalidArgument("chunk_size, object_size and memory_budget must be positive")
+    meta = _check_metadata(metadata)
+    tree, leaves = encode_tree(state)
+    store = open_store(uri, storage_options=storage_options)
+    previous = _previous(store, overwrite)
+
+    save_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
+    infos = [leaf_info(leaf.value) for leaf in leaves]
+    chunks = plan_chunks(infos, compression, chunk_size)
+    groups = plan_objects(chunks, object_size)
+    records = _write_objects(store, leaves, chunks, groups, save_id, object_size, memory_budget,
+                             max_workers, storage_class)
+
+    segments: list[list[Segment]] = [[] for _ in leaves]
+    for ci, plan in enumerate(chunks):
+        pos = 0
+        for li, s, e in plan.pieces:
+            segments[li].append(Segment(ci, pos, e - s))
+            pos += e - s
+    tensors = tuple(
+        TensorRecord(leaf.path, "torch" if isinstance(leaf.value, torch.Tensor) else "numpy",
+                     _dtype_name(leaf.value), tuple(leaf.value.shape), infos[i].nbytes,
+                     _device(leaf.value), tuple(segments[i]))
+        for i, leaf in enumerate(leaves))
+    manifest = Manifest(save_id=save_id, created=datetime.now(timezone.utc).isoformat(),
+                        library_version=_version, tree=tree, tensors=tensors,
+                        chunks=tuple(records), metadata=meta)
+    body = encode_manifest(manifest)
+    try:
+        store.put(MANIFEST_KEY, body, create_only=not overwrite)
+    except AlreadyExists:
+        _cleanup(store, manifest.objects)
+        raise AlreadyExists(f"another save committed {store.uri} first; this one was discarded"
+                            ) from None
+    if previous is not None:  # overwrite: the old save's data is unreferenced now
+        stale = set(previous.objects) - set(manifest.objects)
+        _cleanup(store, [o for o in stale if not o.startswith("@")])
+    return SaveInfo(store.uri, save_id, manifest.raw_bytes, manifest.stored_bytes,
+                    len(tensors), len(records), len(groups), time.perf_counter() - t0)
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    import json
+
+    meta = dict(metadata or {})
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"metadata must be JSON-serialisable (no nan/inf): {e}") from e
+    return meta
+
+
+def _previous(store: Store, overwrite: bool) -> Manifest | None:
+    if not store.exists(MANIFEST_KEY):
+        return None
+    if not overwrite:
+        raise AlreadyExists(f"a committed checkpoint exists at {store.uri}; pass overwrite=True "
+                            "to replace it")
+    try:
+        return read_manifest(store)
+    except (CloudckptError, NotFound):
+        return None
+
+
+def _cleanup(store: Store, keys: list[str]) -> None:
+    """Best-effort delete of objects this save wrote (GC catches whatever is left)."""
+    try:
+        store.delete_many(keys)
+    except Exception:  # noqa: BLE001 - the save's own error matters more
+        pass
+
+
+def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
+                   groups: list[list[int]], save_id: str, object_size: int, memory_budget: int,
+                   max_workers: int | None, storage_class: str | None) -> list[ChunkRecord]:
+    readers = [_byte_reader(leaf.value) for leaf in leaves]
+    in_flight = max(1, memory_budget // (2 * object_size + 2 * MiB))
+    workers = max(1, min(in_flight, max_workers or 8, len(groups) or 1))
+    slots = threading.BoundedSemaphore(in_flight)
+    results: list[list[ChunkRecord] | None] = [None] * len(groups)
+    written: list[str] = []
+    failure: list[BaseException] = []
+
+    def task(n: int) -> None:
+        key = data_key(save_id, n)
+        parts: list[bytes | memoryview] = []
+        recs: list[ChunkRecord] = []
+        offset = 0
+        for ci in groups[n]:
+            plan = chunks[ci]
+            pieces = [readers[li](s, e) for li, s, e in plan.pieces]
+            raw = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+            codec = get_codec(plan.codec)
+            enc = codec.encode(raw, plan.itemsize)
+            stored_sum = _xxh(enc)
+            raw_sum = stored_sum if plan.codec == "none" else _xxh(raw)
+            recs.append(ChunkRecord(key, offset, len(enc), len(raw), plan.codec, plan.itemsize,
+                                    stored_sum, raw_sum))
+            parts.append(enc)
+            offset += len(enc)
+        store.put(key, b"".join(parts), storage_class=storage_class)
+        written.append(key)
+        results[n] = recs
+
+    def done(f: Future[None]) -> None:
+        slots.release()
+        if f.exception() is not None:
+            failure.append(f.exception())  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="cloudckpt-save") as pool:
+        for n in range(len(groups)):
+            slots.acquire()
+            if failure:
+                slots.release()
+                break
+            pool.submit(task, n).add_done_callback(done)
+    if failure:
+        err = failure[0]
+        if isinstance(err, Exception):  # a real crash (BaseException) cleans nothing up
+            _cleanup(store, written)
+        raise err
+    return [r for group in results for r in (group or [])]
