@@ -91,17 +91,21 @@ class GCSBackend:
     storage_classes = GCS_CLASSES
 
     def make_fs(self, options: Mapping[str, Any], bucket: str) -> Any:
-        # Without this, gcsfs probes a gRPC endpoint for zonal buckets on first use and stalls
-        # for ~60 s against emulators. Users who want zonal buckets set it to "true" themselves.
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        # gcsfs swaps in an "extended" class that probes a gRPC endpoint for zonal buckets on
+        # first use (a ~60 s stall against emulators) unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
+        # was "false" when gcsfs was first imported. Use the core class unless the user opted in
+        # with that variable, whatever the import order.
         import gcsfs
+        import gcsfs.core
 
+        zonal = os.environ.get("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "").lower() in ("true", "1")
+        cls = gcsfs.GCSFileSystem if zonal else gcsfs.core.GCSFileSystem
         opts = dict(options)
         if os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:
             opts["token"] = "anon"
         opts.setdefault("timeout", READ_TIMEOUT)
         opts.setdefault("use_listings_cache", False)
-        return gcsfs.GCSFileSystem(**opts)
+        return cls(**opts)
 
     def put(self, fs: Any, path: str, data: bytes | memoryview, *, create_only: bool,
             storage_class: str | None) -> None:

@@ -165,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cmd = args[args.index("--") + 1:]
     project = Path.cwd()
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # run the finally below: emulators stop with us
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     emus = start_all(project / ".emulators", project)
     env = dict(os.environ)
     for emu in emus:
