@@ -35,5 +35,7 @@ __all__ = [
 
 from cloudckpt.reader import inspect, load  # noqa: E402
 from cloudckpt.writer import SaveInfo, save  # noqa: E402
+from cloudckpt.manager import ArchivePolicy, CheckpointManager, TrainingState  # noqa: E402
 
-__all__ += ["SaveInfo", "inspect", "load", "save"]
+__all__ += ["ArchivePolicy", "CheckpointManager", "SaveInfo", "TrainingState", "inspect", "load",
+            "save"]

@@ -21,6 +21,7 @@ from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, Upload, ite
 from cloudckpt.storage.fsspec_store import FsspecStore
 from cloudckpt.storage.gcs import GCSBackend
 from cloudckpt.storage.local import LocalBackend, MemoryBackend
+from cloudckpt.storage.prefixed import substore
 from cloudckpt.storage.retry import RetryingStore, RetryPolicy
 from cloudckpt.storage.s3 import S3Backend
 from cloudckpt.storage.uri import StoreURI, parse_uri, validate_key
@@ -38,6 +39,7 @@ __all__ = [
     "open_store",
     "parse_uri",
     "stream_write",
+    "substore",
     "validate_key",
 ]
 

@@ -1,0 +1,334 @@
+"""``CheckpointManager``: save and resume a training run under one root URI.
+
+Who calls what: the training loop calls :meth:`CheckpointManager.save` (one thread at a time)
+and, on a fresh node, :meth:`CheckpointManager.restore`. Retention (and archival) run after
+each committed save; :meth:`gc` is for operators (dry-run by default). Every decision reads the
+store, never in-memory counters, so a manager in a new process sees exactly what the old one
+left. The layout under the root is described in :mod:`cloudckpt.manager.index`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudckpt.errors import (
+    CloudckptError,
+    CorruptCheckpoint,
+    InvalidArgument,
+    NotFound,
+    RehydrationRequired,
+)
+from cloudckpt.layout import delete_checkpoint
+from cloudckpt.manager.archive import ArchivePolicy, archive_checkpoint, needs_rehydration
+from cloudckpt.manager.gc import GCReport, collect_garbage
+from cloudckpt.manager.index import (
+    META_KEY,
+    CheckpointRecord,
+    RunIndex,
+    archived_key,
+    pin_key,
+    step_dir,
+    tier_key,
+)
+from cloudckpt.manager.retention import (
+    AnyOf,
+    CheckpointSummary,
+    KeepBest,
+    KeepEvery,
+    KeepLast,
+    KeepWithin,
+    RetentionPolicy,
+    best_step,
+    plan_retention,
+)
+from cloudckpt.manager.state import capture, restore_into
+from cloudckpt.reader import load
+from cloudckpt.storage import Store, open_store, substore
+from cloudckpt.writer import SaveInfo, save
+
+__all__ = ["CheckpointManager", "TrainingState"]
+
+log = logging.getLogger("cloudckpt.manager")
+_RESERVED = {"step", "epoch", "metrics", "extra", "rng"}
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What :meth:`CheckpointManager.restore` returns besides loading the objects."""
+
+    step: int
+    epoch: int | None
+    metrics: dict[str, float]
+    metrics_history: list[tuple[int, dict[str, float]]]
+    best_step: int | None
+    best_metric: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    uri: str = ""
+
+
+class CheckpointManager:
+    """Checkpoints of one training run under ``uri`` (local path, s3://, gs://, az://...).
+
+    Retention keeps the union of: the ``keep_last`` newest, the ``keep_best`` best by
+    ``metric``/``mode``, every ``keep_every``-th step, those younger than ``keep_within``
+    seconds, and pinned ones; or pass your own ``retention`` policy. The latest and the best
+    are never deleted. Checkpoints leaving that set are deleted, or archived per ``archive``.
+    ``save_every_steps`` / ``save_every_epochs`` / ``save_on_improvement`` drive
+    :meth:`should_save`. ``clock`` is injectable (seconds since the epoch).
+
+    Raises (constructor): InvalidURI, InvalidArgument.
+    """
+
+    def __init__(self, uri: str | os.PathLike[str] | Store, *, keep_last: int | None = 3,
+                 keep_best: int | None = 1, metric: str | None = None, mode: str = "min",
+                 keep_every: int | None = None, keep_within: float | None = None,
+                 retention: RetentionPolicy | None = None, archive: ArchivePolicy | None = None,
+                 save_every_steps: int | None = None, save_every_epochs: int | None = None,
+                 save_on_improvement: bool = False, compression: str = "auto",
+                 storage_options: Mapping[str, Any] | None = None,
+                 clock: Callable[[], float] = time.time, gc_grace: float = 3600.0) -> None:
+        if mode not in ("min", "max"):
+            raise InvalidArgument(f"mode must be 'min' or 'max', not {mode!r}")
+        self.store = open_store(uri, storage_options=storage_options)
+        self.uri = self.store.uri
+        self.metric, self.mode = metric, mode
+        self.archive_policy = archive
+        self.compression = compression
+        self.save_every_steps, self.save_every_epochs = save_every_steps, save_every_epochs
+        self.save_on_improvement = save_on_improvement
+        self.clock, self.gc_grace = clock, gc_grace
+        self._storage_options = storage_options
+        self.index = RunIndex(self.store)
+        self._history: list[tuple[int, dict[str, float]]] = []
+        if retention is None:
+            parts: list[RetentionPolicy] = []
+            if keep_last is not None:
+                parts.append(KeepLast(keep_last))
+            if keep_best and metric:
+                parts.append(KeepBest(keep_best, metric, mode))
+            if keep_every:
+                parts.append(KeepEvery(keep_every))
+            if keep_within is not None:
+                parts.append(KeepWithin(keep_within))
+            retention = AnyOf(tuple(parts)) if keep_last is not None else None
+        self.retention = retention
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({self.uri!r})"
+
+    # -- queries (read the store) -----------------------------------------------------------
+    def checkpoints(self) -> list[CheckpointRecord]:
+        """Every committed checkpoint, hot and archived, oldest first."""
+        return self.index.records()
+
+    def steps(self) -> list[int]:
+        return [r.step for r in self.checkpoints()]
+
+    def latest(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def best(self) -> int | None:
+        return best_step(self._summaries(self.checkpoints()), self.metric, self.mode)
+
+    def _summaries(self, records: list[CheckpointRecord]) -> list[CheckpointSummary]:
+        return [CheckpointSummary(r.step, r.time, r.metrics, r.pinned) for r in records]
+
+    def should_save(self, step: int, *, epoch: int | None = None, epoch_end: bool = False,
+                    metrics: Mapping[str, float] | None = None, final: bool = False) -> bool:
+        """Whether the configured strategy saves now: ``final``; every ``save_every_steps``
+        steps; at the end (``epoch_end``) of every ``save_every_epochs``-th epoch (``epoch``
+        counted from 0); or, with ``save_on_improvement``, when ``metrics[metric]`` beats the
+        best committed checkpoint (read from the store)."""
+        if final:
+            return True
+        if self.save_every_steps and step > 0 and step % self.save_every_steps == 0:
+            return True
+        if epoch_end and self.save_every_epochs and epoch is not None \
+                and (epoch + 1) % self.save_every_epochs == 0:
+            return True
+        if self.save_on_improvement and metrics is not None and self.metric:
+            value = metrics.get(self.metric)
+            if value is None or math.isnan(float(value)):
+                return False
+            records = {r.step: r for r in self.checkpoints()}
+            best = best_step(self._summaries(list(records.values())), self.metric, self.mode)
+            if best is None:
+                return True
+            prev = float(records[best].metrics[self.metric])
+            return float(value) < prev if self.mode == "min" else float(value) > prev
+        return False
+
+    # -- save ------------------------------------------------------------------------------
+    def save(self, step: int, *, epoch: int | None = None,
+             metrics: Mapping[str, float] | None = None, extra: Mapping[str, Any] | None = None,
+             rng: bool = True, **objects: Any) -> SaveInfo:
+        """Commit a checkpoint of ``objects`` (``model=``, ``optimizer=``, ``scheduler=``,
+        ``scaler=``, any object with ``state_dict``, or a ``torch.Generator``) at ``step``,
+        with RNG states, ``epoch``, ``metrics`` and ``extra``; then apply retention. Call from
+        the training thread; tensors must not change while it runs.
+
+        Raises:
+            AlreadyExists: ``step`` is already committed (e.g. by a zombie node).
+            UnsupportedValue, InvalidArgument: bad state; nothing written.
+            StorageError: the save failed; nothing committed, retention untouched.
+        """
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise InvalidArgument(f"step must be a non-negative int, got {step!r}")
+        clash = _RESERVED & set(objects)
+        if clash:
+            raise InvalidArgument(f"reserved names cannot be objects: {sorted(clash)}")
+        mets = {k: float(v) for k, v in (metrics or {}).items()}
+        history = [*self._history, (step, mets)]
+        tree = capture(step, objects, epoch=epoch, metrics=mets,
+                       history=[[s, m] for s, m in history], extra=extra, rng=rng)
+        meta = {META_KEY: {"step": step, "epoch": epoch,
+                           "metrics": {k: v for k, v in mets.items() if math.isfinite(v)},
+                           "time": self.clock()}}
+        info = save(tree, substore(self.store, step_dir(step)), metadata=meta,
+                    compression=self.compression)
+        self._history = history
+        log.info("committed step %d to %s (%.1f MiB stored)", step, info.uri,
+                 info.stored_bytes / 2**20)
+        try:
+            self.apply_retention()
+        except CloudckptError as e:  # the checkpoint is committed; retention retries next time
+            log.warning("retention after step %d failed (will retry on the next save): %s",
+                        step, e)
+        return info
+
+    # -- restore ---------------------------------------------------------------------------
+    def restore(self, step: int | str = "latest", *, rng: bool = True, strict: bool = True,
+                map_location: Any = "cpu", **objects: Any) -> TrainingState | None:
+        """Load the checkpoint at ``step`` (``"latest"``, ``"best"`` or an int) into
+        ``objects`` and return the training state; ``None`` when the run has no checkpoint.
+        For ``"latest"``, a corrupt or incomplete newest checkpoint is skipped with a WARNING
+        naming it and the one used instead.
+
+        Raises:
+            NotFound: the requested step (int or "best") does not exist.
+            CorruptCheckpoint: an explicitly requested checkpoint is damaged.
+            RehydrationRequired: it lies in an archive tier that needs a restore first.
+        """
+        listing = self.index.scan()
+        records = self.index.records(listing)
+        by_step = {r.step: r for r in records}
+        if step == "latest":
+            newer_incomplete = [s for s in listing.data if s not in by_step
+                                and (not records or s > records[-1].step)]
+            candidates = sorted(by_step, reverse=True)
+            if newer_incomplete:
+                log.warning("ignoring incomplete checkpoint(s) %s under %s (no committed "
+                            "manifest)", sorted(newer_incomplete), self.uri)
+        elif step == "best":
+            best = self.best()
+            if best is None:
+                raise NotFound(f"no checkpoint under {self.uri} reports metric {self.metric!r}")
+            candidates = [best]
+        elif isinstance(step, int) and not isinstance(step, bool):
+            if step not in by_step:
+                raise NotFound(f"no committed checkpoint for step {step} under {self.uri}")
+            candidates = [step]
+        else:
+            raise InvalidArgument(f"step must be 'latest', 'best' or an int, not {step!r}")
+        if not candidates:
+            if listing.data:
+                log.warning("no committed checkpoint under %s; incomplete saves found for "
+                            "steps %s", self.uri, sorted(listing.data))
+            return None
+        skipped: list[int] = []
+        for s in candidates:
+            rec = by_step[s]
+            try:
+                tree = self._load(rec, map_location)
+            except (CorruptCheckpoint, NotFound) as e:
+                if step != "latest":
+                    raise
+                log.warning("checkpoint step %d at %s is unusable (%s); trying an older one",
+                            s, rec.uri, e)
+                skipped.append(s)
+                continue
+            if skipped:
+                log.warning("restored step %d from %s instead of newer step(s) %s", s, rec.uri,
+                            skipped)
+            restore_into(tree, objects, rng=rng, strict=strict)
+            self._history = [(int(h[0]), dict(h[1])) for h in tree.get("metrics_history", [])]
+            best = best_step(self._summaries(records), self.metric, self.mode)
+            best_val = by_step[best].metrics.get(self.metric) if best is not None else None
+            return TrainingState(step=int(tree["step"]), epoch=tree.get("epoch"),
+                                 metrics=dict(tree.get("metrics") or {}),
+                                 metrics_history=list(self._history), best_step=best,
+                                 best_metric=best_val, extra=dict(tree.get("extra") or {}),
+                                 uri=rec.uri)
+        raise CorruptCheckpoint(f"no intact checkpoint under {self.uri}; tried steps {skipped}")
+
+    def _load(self, rec: CheckpointRecord, map_location: Any) -> Any:
+        if rec.tier and needs_rehydration(rec.tier):
+            raise RehydrationRequired(
+                f"step {rec.step} at {rec.uri} is in the {rec.tier} tier, which needs a restore "
+                "before it can be read: S3: `aws s3api restore-object` on each object under "
+                f"{rec.uri}/data (or an S3 Batch Operations restore job); Azure: set the tier "
+                "of those blobs back to Hot or Cool and wait for rehydration; then retry")
+        if rec.location == "hot":
+            target: Store = substore(self.store, step_dir(rec.step))
+        else:
+            target = open_store(rec.uri, storage_options=self.archive_storage_options)
+        return load(target, map_location=map_location)
+
+    @property
+    def archive_storage_options(self) -> Mapping[str, Any] | None:
+        ap = self.archive_policy
+        return ap.storage_options if ap is not None and ap.storage_options is not None \
+            else self._storage_options
+
+    # -- retention, archival, deletion ----------------------------------------------------
+    def apply_retention(self) -> list[int]:
+        """Remove (or archive) the hot checkpoints that retention does not keep; returns
+        their steps. Safe to interrupt and re-run."""
+        if self.retention is None:
+            return []
+        records = [r for r in self.checkpoints() if r.location == "hot" and r.tier is None]
+        doomed = plan_retention(self._summaries(records), self.retention, self.clock(),
+                                metric=self.metric, mode=self.mode)
+        # never drop the overall best/latest even if only archived copies compete
+        for s in doomed:
+            if self.archive_policy is not None:
+                archive_checkpoint(self, s, self.archive_policy)
+            else:
+                self.delete(s)
+        if doomed:
+            log.info("retention removed steps %s from %s", doomed, self.uri)
+        return doomed
+
+    def delete(self, step: int) -> None:
+        """Delete one checkpoint (manifest first, then data); archived copies too."""
+        sub = substore(self.store, step_dir(step))
+        delete_checkpoint(sub)
+        self.store.delete(tier_key(step))
+        if self.store.exists(archived_key(step)):
+            rec = {r.step: r for r in self.checkpoints()}.get(step)
+            if rec is not None and rec.location == "archived":
+                delete_checkpoint(open_store(rec.uri, storage_options=self.archive_storage_options))
+            self.store.delete(archived_key(step))
+        self.store.delete(pin_key(step))
+
+    def pin(self, step: int) -> None:
+        """Keep ``step`` whatever the retention policy says."""
+        if step not in self.steps():
+            raise NotFound(f"no committed checkpoint for step {step} under {self.uri}")
+        self.store.put(pin_key(step), b"pinned\n")
+
+    def unpin(self, step: int) -> None:
+        self.store.delete(pin_key(step))
+
+    def gc(self, *, dry_run: bool = True, grace: float | None = None) -> GCReport:
+        """Find (and unless ``dry_run``, delete) data no committed manifest references and
+        stale uploads, older than ``grace`` seconds (default: the manager's ``gc_grace``)."""
+        return collect_garbage(self, dry_run=dry_run,
+                               grace=self.gc_grace if grace is None else grace)

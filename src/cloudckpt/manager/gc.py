@@ -1,0 +1,69 @@
+"""Garbage collection under a run root: data of failed/uncommitted saves and of deleted
+checkpoints, leftovers of overwritten saves, stale metadata, and stale multipart uploads.
+
+Only objects older than a grace period are touched, so GC never races a writer still in
+flight. Checkpoints whose manifest exists but does not validate are left alone (reported):
+their data may still be worth recovering by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cloudckpt.manager.index import step_dir
+from cloudckpt.storage import ObjectInfo, PendingUpload
+
+if TYPE_CHECKING:
+    from cloudckpt.manager.core import CheckpointManager
+
+__all__ = ["GCReport", "collect_garbage"]
+
+
+@dataclass(frozen=True)
+class GCReport:
+    """What GC found (and deleted unless ``dry_run``)."""
+
+    dry_run: bool
+    orphans: list[str] = field(default_factory=list)
+    uploads: list[PendingUpload] = field(default_factory=list)
+    skipped_corrupt: list[int] = field(default_factory=list)
+    bytes: int = 0
+
+
+def _old(o: ObjectInfo, now: float, grace: float) -> bool:
+    return o.mtime is None or now - o.mtime.timestamp() >= grace
+
+
+def collect_garbage(mgr: CheckpointManager, *, dry_run: bool, grace: float) -> GCReport:
+    """See the module docstring. Safe to interrupt and re-run."""
+    now = mgr.clock()
+    listing = mgr.index.scan()
+    orphans: list[ObjectInfo] = []
+    corrupt: list[int] = []
+    for step, objs in sorted(listing.data.items()):
+        info = listing.committed.get(step)
+        if info is None:
+            orphans += [o for o in objs if _old(o, now, grace)]
+            continue
+        manifest = mgr.index.manifest(step, info)
+        if manifest is None:
+            corrupt.append(step)
+            continue
+        used = {f"{step_dir(step)}/{k}" for k in manifest.objects}
+        orphans += [o for o in objs if o.key not in used and _old(o, now, grace)]
+    all_objs = {o.key: o for o in mgr.store.list()}
+    for step in listing.tiers | listing.pinned:
+        if step not in listing.committed and step not in listing.archived:
+            for key in (f"{step_dir(step)}/tier.json", f"pins/{step_dir(step)}"):
+                if key in all_objs and _old(all_objs[key], now, grace):
+                    orphans.append(all_objs[key])
+    uploads = [u for u in mgr.store.list_pending_uploads()
+               if u.initiated is None or now - u.initiated.timestamp() >= grace]
+    report = GCReport(dry_run, sorted(o.key for o in orphans), uploads, corrupt,
+                      sum(o.size for o in orphans))
+    if not dry_run:
+        mgr.store.delete_many(report.orphans)
+        for u in uploads:
+            mgr.store.abort_pending_upload(u)
+    return report

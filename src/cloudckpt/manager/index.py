@@ -1,0 +1,155 @@
+"""How a run root is laid out, and what is in it right now (read from the store every time).
+
+Under a run root::
+
+    step-000000000100/manifest.json, data/...   one checkpoint (see cloudckpt.layout)
+    step-000000000100/tier.json                  its storage class, after an in-place move
+    archived/step-000000000100.json              pointer to a copy moved to an archive URI
+    pins/step-000000000100                       the user pinned this step
+
+Only a validated manifest makes a checkpoint exist. Summaries come from each manifest's
+metadata (written by the manager at save time); parsed manifests are cached per manager by
+(key, etag), so a listing costs one LIST plus one GET per *new* checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudckpt.errors import CloudckptError
+from cloudckpt.layout import DATA_PREFIX, MANIFEST_KEY
+from cloudckpt.manifest import Manifest, decode_manifest
+from cloudckpt.storage import ObjectInfo, Store
+
+__all__ = ["CheckpointRecord", "RunIndex", "step_dir"]
+
+META_KEY = "cloudckpt.manager"
+_STEP_RE = re.compile(r"^step-(\d{12})$")
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:012d}"
+
+
+def archived_key(step: int) -> str:
+    return f"archived/{step_dir(step)}.json"
+
+
+def pin_key(step: int) -> str:
+    return f"pins/{step_dir(step)}"
+
+
+def tier_key(step: int) -> str:
+    return f"{step_dir(step)}/tier.json"
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One checkpoint of a run, as the store shows it now."""
+
+    step: int
+    uri: str
+    location: str  # "hot" (under the run root) or "archived" (at an archive URI)
+    time: float
+    epoch: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    tier: str | None = None
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Everything found under a run root in one LIST."""
+
+    committed: dict[int, ObjectInfo]
+    data: dict[int, list[ObjectInfo]]
+    tiers: set[int]
+    archived: dict[int, ObjectInfo]
+    pinned: set[int]
+
+
+class RunIndex:
+    """Reads the layout above. Thread-safe; holds only a cache derived from the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[tuple[str, str | None], Manifest | None] = {}
+        self._lock = threading.Lock()
+
+    def scan(self) -> Listing:
+        committed: dict[int, ObjectInfo] = {}
+        data: dict[int, list[ObjectInfo]] = {}
+        tiers: set[int] = set()
+        archived: dict[int, ObjectInfo] = {}
+        pinned: set[int] = set()
+        for o in self.store.list():
+            head, _, rest = o.key.partition("/")
+            m = _STEP_RE.match(head)
+            if m:
+                step = int(m.group(1))
+                if rest == MANIFEST_KEY:
+                    committed[step] = o
+                elif rest.startswith(DATA_PREFIX + "/"):
+                    data.setdefault(step, []).append(o)
+                elif rest == "tier.json":
+                    tiers.add(step)
+            elif head == "archived" and (m2 := _STEP_RE.match(rest.removesuffix(".json"))):
+                archived[int(m2.group(1))] = o
+            elif head == "pins" and (m3 := _STEP_RE.match(rest)):
+                pinned.add(int(m3.group(1)))
+        return Listing(committed, data, tiers, archived, pinned)
+
+    def manifest(self, step: int, info: ObjectInfo) -> Manifest | None:
+        """The validated manifest of a hot checkpoint, or None if it does not validate."""
+        ck = (info.key, info.etag)
+        with self._lock:
+            if ck in self._cache:
+                return self._cache[ck]
+        try:
+            m: Manifest | None = decode_manifest(self.store.get(info.key))
+        except CloudckptError:
+            m = None
+        with self._lock:
+            self._cache[ck] = m
+        return m
+
+    def records(self, listing: Listing | None = None) -> list[CheckpointRecord]:
+        """Every committed checkpoint, hot and archived, oldest first."""
+        lst = listing or self.scan()
+        out: dict[int, CheckpointRecord] = {}
+        for step, info in lst.archived.items():
+            try:
+                d = json.loads(self.store.get(info.key))
+                out[step] = CheckpointRecord(
+                    step=step, uri=str(d["uri"]), location="archived", time=float(d["time"]),
+                    epoch=d.get("epoch"), metrics=dict(d.get("metrics") or {}),
+                    raw_bytes=int(d.get("raw_bytes", 0)), stored_bytes=int(d.get("stored_bytes", 0)),
+                    tier=d.get("tier"), pinned=step in lst.pinned)
+            except (CloudckptError, ValueError, KeyError, TypeError):
+                continue
+        root = self.store.uri.rstrip("/")
+        for step, info in lst.committed.items():
+            m = self.manifest(step, info)
+            if m is None:
+                continue
+            meta = m.metadata.get(META_KEY, {}) if isinstance(m.metadata, dict) else {}
+            tier = self.tier(step) if step in lst.tiers else None
+            out[step] = CheckpointRecord(
+                step=step, uri=f"{root}/{step_dir(step)}", location="hot",
+                time=float(meta.get("time") or (info.mtime.timestamp() if info.mtime else 0.0)),
+                epoch=meta.get("epoch"), metrics=dict(meta.get("metrics") or {}),
+                raw_bytes=m.raw_bytes, stored_bytes=m.stored_bytes, tier=tier,
+                pinned=step in lst.pinned)
+        return [out[s] for s in sorted(out)]
+
+    def tier(self, step: int) -> str | None:
+        try:
+            return str(json.loads(self.store.get(tier_key(step)))["storage_class"])
+        except (CloudckptError, ValueError, KeyError, TypeError):
+            return None
