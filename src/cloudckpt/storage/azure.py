@@ -130,6 +130,9 @@ class AzureBackend:
     def is_internal(self, path: str) -> bool:
         return False
 
+    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
+        return None
+
     def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
         # Uncommitted block lists are not objects; the service discards them after a week.
         return []

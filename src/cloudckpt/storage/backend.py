@@ -50,6 +50,10 @@ class Backend(Protocol):
     def is_internal(self, path: str) -> bool:
         """Whether ``path`` is a temporary object of ours that listings must hide."""
 
+    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
+        """Tidy up after deleting ``paths`` (local: prune directories left empty, up to
+        ``root``; object stores: nothing)."""
+
     def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
         """Pending uploads under ``root`` as (fsspec path, record) pairs."""
 

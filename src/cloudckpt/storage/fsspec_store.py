@@ -135,24 +135,29 @@ class FsspecStore:
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
+        self._delete_one(key)
+        self._backend.after_delete(self.fs, [self._path(key)], self._root)
+
+    def _delete_one(self, key: str) -> None:
         try:
             self._call("delete of", key, self.fs.rm_file, self._path(key))
         except NotFound:
             pass
 
     def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self._path(k) for k in keys]
         if self.protocol in ("file", "memory"):
             for k in keys:
-                self.delete(k)
+                self._delete_one(k)
+            self._backend.after_delete(self.fs, paths, self._root)
             return
-        paths = [self._path(k) for k in keys]
         for i in range(0, len(paths), _DELETE_BATCH):
             batch = paths[i:i + _DELETE_BATCH]
             try:
                 self._call("batch delete under", keys[i], self.fs.rm, batch)
             except NotFound:
                 for k in keys[i:i + _DELETE_BATCH]:
-                    self.delete(k)
+                    self._delete_one(k)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         if self.protocol in ("file", "memory"):  # atomic publish through put

@@ -140,6 +140,9 @@ class GCSBackend:
     def is_internal(self, path: str) -> bool:
         return False
 
+    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
+        return None
+
     def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
         # Resumable sessions are not listable; GCS expires unfinished ones after a week.
         return []

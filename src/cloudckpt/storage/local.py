@@ -140,6 +140,16 @@ class LocalBackend:
     def is_internal(self, path: str) -> bool:
         return _TMP_RE.match(os.path.basename(path)) is not None
 
+    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
+        root = os.path.abspath(root)
+        for d in sorted({os.path.dirname(p) for p in paths}, key=len, reverse=True):
+            while d.startswith(root + os.sep):
+                try:
+                    os.rmdir(d)  # only succeeds when empty
+                except OSError:
+                    break
+                d = os.path.dirname(d)
+
     def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
         out = []
         if not os.path.isdir(root):
@@ -210,6 +220,9 @@ class MemoryBackend(LocalBackend):
 
     def is_internal(self, path: str) -> bool:
         return False
+
+    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
+        return None
 
     def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
         return []

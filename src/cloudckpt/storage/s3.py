@@ -121,6 +121,9 @@ class S3Backend:
     def is_internal(self, path: str) -> bool:
         return False
 
+    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
+        return None
+
     def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
         bucket, prefix = _split(root)
         prefix = prefix + "/" if prefix else ""
