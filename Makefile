@@ -1,3 +1,4 @@
+# `make demo` on a fresh machine: creates .venv, installs cloudckpt, runs the demo job.
 # `make test` on a fresh machine: creates .venv, installs cloudckpt with its dev extras,
 # installs Azurite from npm into the project, starts the emulators, runs pytest, stops them.
 PY ?= python3
@@ -5,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: test install lint typecheck clean
+.PHONY: demo test install lint typecheck clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,6 +20,9 @@ node_modules/.bin/azurite-blob:
 	npm install --no-audit --no-fund --silent azurite@3.35.0
 
 install: $(VENV)/.installed node_modules/.bin/azurite-blob
+
+demo: $(VENV)/.installed
+	$(BIN)/cloudckpt demo $(DEMO_ARGS)
 
 test: install
 	$(BIN)/python -m cloudckpt.testing.emulators run -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -49,7 +49,8 @@ class Emulators:
         """storage_options for ``name`` (``s3``/``gcs``/``az``)."""
         ep = self.endpoint(name)
         if name == "s3":
-            return {"endpoint_url": ep, "key": "testing", "secret": "testing"}
+            return {"endpoint_url": ep, "key": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                    "secret": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
         if name == "az":
             return {"connection_string": emulators.azurite_connection_string(ep)}
         return {}

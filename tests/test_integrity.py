@@ -105,7 +105,7 @@ class _Boom:
 def _forge(uri: str, mutate) -> None:  # type: ignore[no-untyped-def]
     """Rewrite the manifest of ``uri`` after ``mutate(body_dict)``, with a valid checksum."""
     store = open_store(uri)
-    head, _, body = store.get(MANIFEST_KEY).partition(b"\n")
+    _head, _, body = store.get(MANIFEST_KEY).partition(b"\n")
     d = json.loads(body)
     mutate(d)
     m = decode_manifest(store.get(MANIFEST_KEY))
@@ -160,7 +160,7 @@ def test_object_names_cannot_escape_the_checkpoint(tmp_path, name: str) -> None:
         d["chunks"][0][0] = name
 
     _forge(uri, point_outside)
-    with pytest.raises(CorruptCheckpoint, match="unsafe object name|sibling"):
+    with pytest.raises(CorruptCheckpoint, match=r"unsafe object name|sibling"):
         cloudckpt.load(uri)
 
 

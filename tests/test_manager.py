@@ -32,7 +32,8 @@ def _worker(uri: str, steps: int, opts: dict, kill_after_step: int | None = None
         "def emit(step, loss):\n"
         "    if kill is not None and step >= kill:\n"
         "        os._exit(9)  # die like SIGKILL: no clean-up, no flush\n"
-        f"print(train({uri!r}, {steps}, save_every=5, storage_options=json.loads({json.dumps(json.dumps(opts))}), emit=emit))\n"
+        f"opts = json.loads({json.dumps(json.dumps(opts))})\n"
+        f"print(train({uri!r}, {steps}, save_every=5, storage_options=opts, emit=emit))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     if kill_after_step is not None:

@@ -1,5 +1,6 @@
 """cloudckpt: checkpoint PyTorch training state to cloud storage and restore it anywhere."""
 
+from cloudckpt._version import __version__
 from cloudckpt.errors import (
     AccessDenied,
     AlreadyExists,
@@ -14,8 +15,6 @@ from cloudckpt.errors import (
     TransientStorageError,
 )
 from cloudckpt.storage import open_store
-
-from cloudckpt._version import __version__
 
 __all__ = [
     "AccessDenied",
@@ -33,9 +32,9 @@ __all__ = [
     "open_store",
 ]
 
-from cloudckpt.reader import inspect, load  # noqa: E402
-from cloudckpt.writer import SaveInfo, save  # noqa: E402
-from cloudckpt.manager import ArchivePolicy, CheckpointManager, TrainingState  # noqa: E402
+from cloudckpt.manager import ArchivePolicy, CheckpointManager, TrainingState
+from cloudckpt.reader import inspect, load
+from cloudckpt.writer import SaveInfo, save
 
 __all__ += ["ArchivePolicy", "CheckpointManager", "SaveInfo", "TrainingState", "inspect", "load",
             "save"]

@@ -2,9 +2,9 @@
 
 A codec turns the raw bytes of one chunk into stored bytes and back; every chunk records its
 codec name in the manifest. ``bg-zstd`` splits each element's bytes into planes (byte *j* of
-every element), compresses the top (sign/exponent) plane with zstd-1 (see :data:`PLANE_PARAMS`) always, and each other
-plane only if a sample of it shrinks; incompressible mantissa planes are stored raw. Stored
-layout of a ``bg-zstd`` chunk::
+every element), compresses the top (sign/exponent) plane with zstd-1 (see
+:data:`PLANE_PARAMS`) always, and each other plane only if a sample of it shrinks;
+incompressible mantissa planes are stored raw. Stored layout of a ``bg-zstd`` chunk::
 
     b"BG" | itemsize:u8 | n_planes:u8 | per plane: flag:u8 (0 raw, 1 zstd), size:u64 LE | planes
 
@@ -96,7 +96,7 @@ class BGZstdCodec:
             return b"BG\x01\x01" + _PLANE_HDR.pack(1, 0) if not len(raw) else self._single(raw)
         planes = np.frombuffer(raw, dtype=np.uint8).reshape(-1, itemsize).T
         cctx = zstandard.ZstdCompressor(compression_params=PLANE_PARAMS)
-        header = [b"BG", bytes((itemsize, itemsize))]
+        header: list[bytes | memoryview] = [b"BG", bytes((itemsize, itemsize))]
         bodies: list[bytes | memoryview] = []
         for j in range(itemsize):
             plane = np.ascontiguousarray(planes[j]).data

@@ -87,7 +87,7 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
             model.train()
             loss = nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(opt)
             scaler.update()
             sched.step()

@@ -10,6 +10,7 @@ memory does not grow with the checkpoint. The manifest is written last, create-o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -178,10 +179,8 @@ def _previous(store: Store, overwrite: bool) -> Manifest | None:
 
 def _cleanup(store: Store, keys: list[str]) -> None:
     """Best-effort delete of objects this save wrote (GC catches whatever is left)."""
-    try:
+    with contextlib.suppress(Exception):
         store.delete_many(keys)
-    except Exception:  # noqa: BLE001 - the save's own error matters more
-        pass
 
 
 def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],

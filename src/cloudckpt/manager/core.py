@@ -260,7 +260,7 @@ class CheckpointManager:
             restore_into(tree, objects, rng=rng, strict=strict)
             self._history = [(int(h[0]), dict(h[1])) for h in tree.get("metrics_history", [])]
             best = best_step(self._summaries(records), self.metric, self.mode)
-            best_val = by_step[best].metrics.get(self.metric) if best is not None else None
+            best_val = by_step[best].metrics.get(self.metric) if best is not None and self.metric else None
             return TrainingState(step=int(tree["step"]), epoch=tree.get("epoch"),
                                  metrics=dict(tree.get("metrics") or {}),
                                  metrics_history=list(self._history), best_step=best,

@@ -10,6 +10,7 @@ Entry points (any thread may call them):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -107,10 +108,8 @@ def stream_write(store: Store, key: str, chunks: Iterable[bytes | memoryview], *
             total += len(part)
         up.finish(pending or b"")
     except BaseException:
-        try:
+        with contextlib.suppress(BaseException):
             up.abort()
-        except BaseException:  # noqa: BLE001 - the original error matters more
-            pass
         raise
     return total
 

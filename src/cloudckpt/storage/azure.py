@@ -1,8 +1,8 @@
 """Azure Blob Storage through adlfs and the azure-storage-blob SDK it wraps.
 
 Create-only writes send ``If-None-Match: *`` (``upload_blob(overwrite=False)``, and the
-header on ``commit_block_list``). Streamed writes stage blocks and
-commit the block list (``If-None-Match: *`` when create-only). Tiers (Hot / Cool / Cold / Archive) use ``set_standard_blob_tier``.
+header on ``commit_block_list``). Streamed writes stage blocks and commit the block list.
+Tiers (Hot / Cool / Cold / Archive) use ``set_standard_blob_tier``.
 ``AZURE_STORAGE_CONNECTION_STRING`` and the other variables adlfs reads work unchanged.
 """
 

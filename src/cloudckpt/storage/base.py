@@ -15,6 +15,7 @@ Stores themselves are safe to call from many threads at once.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,7 +103,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool:
         """Whether an object exists at ``key``."""
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """Every object under ``prefix`` (recursive, all pages), sorted by key."""
 
     def delete(self, key: str) -> None:
@@ -121,7 +122,7 @@ class Store(Protocol):
                      storage_class: str | None = None) -> Upload:
         """Begin a streamed upload of one object in parts."""
 
-    def list_pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+    def list_pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         """Uploads started and never completed or aborted."""
 
     def abort_pending_upload(self, pending: PendingUpload) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from cloudckpt.errors import InvalidArgument, UnsupportedOperation
 from cloudckpt.storage.base import ObjectInfo
 
-__all__ = ["check_storage_class", "to_datetime", "generic_object_info"]
+__all__ = ["check_storage_class", "generic_object_info", "to_datetime"]
 
 
 def to_datetime(value: Any) -> datetime | None:

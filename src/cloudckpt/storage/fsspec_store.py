@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -119,7 +121,7 @@ class FsspecStore:
             return False
         return True
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self._root
         found = self._call("list of", prefix, self.fs.find, base or "/", detail=True)
         out = []
@@ -139,10 +141,8 @@ class FsspecStore:
         self._backend.after_delete(self.fs, [self._path(key)], self._root)
 
     def _delete_one(self, key: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self._call("delete of", key, self.fs.rm_file, self._path(key))
-        except NotFound:
-            pass
 
     def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self._path(k) for k in keys]
@@ -176,7 +176,7 @@ class FsspecStore:
                         self._path(key), key, create_only=create_only, storage_class=storage_class)
         return _TranslatingUpload(up, self._key_uri(key))
 
-    def list_pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+    def list_pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         pend = self._call("list uploads of", prefix, self._backend.list_pending, self.fs,
                           self._root or "/")
         return [p for _, p in pend if p.key.startswith(prefix)]

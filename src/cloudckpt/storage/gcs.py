@@ -8,6 +8,7 @@ every server enforces). Storage classes change through ``rewriteTo`` as GCS requ
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -78,10 +79,8 @@ class _GCSUpload:
     def abort(self) -> None:
         if self._location is not None:
             location, self._location = self._location, None
-            try:
+            with contextlib.suppress(Exception):
                 self._fs.call("DELETE", location)
-            except Exception:  # noqa: BLE001 - sessions also expire on their own after a week
-                pass
 
 
 class GCSBackend:

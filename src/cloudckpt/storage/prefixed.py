@@ -3,6 +3,7 @@ are relative to ``step-1/``. All calls go through the parent (its retries, its f
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -65,7 +66,7 @@ class PrefixedStore:
     def exists(self, key: str) -> bool:
         return self.inner.exists(self._k(key))
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         full = self._k(prefix.strip("/")) if prefix.strip("/") else self.prefix
         return [self._strip(o) for o in self.inner.list(full)]
 
@@ -86,7 +87,7 @@ class PrefixedStore:
         return self.inner.start_upload(self._k(key), create_only=create_only,
                                        storage_class=storage_class)
 
-    def list_pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+    def list_pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         full = self._k(prefix.strip("/")) if prefix.strip("/") else self.prefix + "/"
         return [replace(p, key=p.key[len(self.prefix) + 1:])
                 for p in self.inner.list_pending_uploads(full)]

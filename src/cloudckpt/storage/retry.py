@@ -10,6 +10,7 @@ permanent ones raise at once. Waits are exponential with full jitter, and every 
 
 from __future__ import annotations
 
+import builtins
 import logging
 import random
 import time
@@ -57,8 +58,8 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter wait after failed attempt number ``attempt`` (1-based)."""
-        cap = min(self.max_backoff, self.initial_backoff * (2 ** (attempt - 1)))
-        return self.rng() * cap
+        cap = min(self.max_backoff, self.initial_backoff * (2.0 ** (attempt - 1)))
+        return float(self.rng()) * cap
 
     def call(self, fn: Callable[[], T], describe: str) -> T:
         """Run ``fn`` under this policy. ``describe`` names the operation in logs/errors.
@@ -175,7 +176,7 @@ class RetryingStore:
     def exists(self, key: str) -> bool:
         return self.policy.call(lambda: self.inner.exists(key), f"stat of {self._u(key)}")
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         return self.policy.call(lambda: self.inner.list(prefix), f"list of {self._u(prefix)}")
 
     def delete(self, key: str) -> None:
@@ -203,7 +204,7 @@ class RetryingStore:
             f"start of upload {self._u(key)}")
         return _RetryingUpload(up, self.policy, self._u(key))
 
-    def list_pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+    def list_pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         return self.policy.call(lambda: self.inner.list_pending_uploads(prefix),
                                 f"list of pending uploads under {self.uri}")
 

@@ -86,7 +86,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
         if proc.poll() is not None:
             raise RuntimeError(f"emulator exited with {proc.returncode}; log:\n{log.read_text()[-2000:]}")
         try:
-            urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback only
+            urllib.request.urlopen(url, timeout=2)
             return
         except urllib.error.HTTPError:
             return  # it answers: good enough

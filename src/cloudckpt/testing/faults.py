@@ -7,6 +7,7 @@ every upload call (``write_part``, ``finish``, ``abort``) counts as one call, nu
 
 from __future__ import annotations
 
+import builtins
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -128,7 +129,7 @@ class FaultyStore:
     def exists(self, key: str) -> bool:
         return self._run("exists", key, lambda: self.inner.exists(key))
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         return self._run("list", prefix, lambda: self.inner.list(prefix))
 
     def delete(self, key: str) -> None:
@@ -150,7 +151,7 @@ class FaultyStore:
             key, create_only=create_only, storage_class=storage_class))
         return _FaultyUpload(self, up)
 
-    def list_pending_uploads(self, prefix: str = "") -> list[PendingUpload]:
+    def list_pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
         return self._run("list_pending_uploads", prefix,
                          lambda: self.inner.list_pending_uploads(prefix))
 
