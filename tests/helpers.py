@@ -24,6 +24,7 @@ def assert_same(a: Any, b: Any, path: str = "state") -> None:
         assert a.tobytes() == b.tobytes(), f"{path}: array bytes differ"
     elif isinstance(a, dict):
         assert list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"
+        assert getattr(a, "_metadata", None) == getattr(b, "_metadata", None), f"{path}: _metadata"
         for k in a:
             assert_same(a[k], b[k], f"{path}[{k!r}]")
     elif isinstance(a, (list, tuple)):
@@ -64,6 +65,7 @@ def every_type_state() -> dict[Any, Any]:
         "plain": {"s": "héllo", "i": 42, "big": 2**200, "neg": -(2**70), "f": 0.1,
                   "nan": float("nan"), "inf": float("inf"), "ninf": float("-inf"),
                   "negzero": -0.0, "t": True, "none": None, "bytes": b"\x00\xff"},
+        "module_state": torch.nn.BatchNorm1d(3).state_dict(),
         "containers": {"list": [1, [2, 3]], "tuple": (1, (2, "x")), "emptyd": {}, "emptyl": [],
                        "size": torch.Size([2, 3])},
         7: "int key", 2.5: "float key", None: "none key", (1, "a"): "tuple key", True: "bool key",

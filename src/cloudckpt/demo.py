@@ -52,10 +52,12 @@ def params_digest(model: nn.Module) -> str:
 
 def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int = 0,
           storage_options: Mapping[str, Any] | None = None, keep_last: int = 3,
-          emit: Any = None) -> str:
+          emit: Any = None, async_save: bool = False, preemption: bool = False) -> str:
     """Train to ``total_steps``, resuming from ``uri`` when it has a checkpoint (or without
     checkpoints when ``uri`` is None). Returns :func:`params_digest` of the final model.
-    ``emit(step, loss)`` is called after each step."""
+    ``emit(step, loss)`` is called after each step. ``async_save``: periodic saves run in the
+    background. ``preemption``: SIGTERM/SIGUSR1 make the loop write a final checkpoint at the
+    next step boundary and exit with status 0."""
     from cloudckpt import CheckpointManager
 
     torch.manual_seed(seed)
@@ -73,7 +75,8 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
     step, epoch, skip = 0, 0, 0
     epoch_start_state = loader_gen.get_state()
     mgr = CheckpointManager(uri, keep_last=keep_last, keep_best=1, metric="loss", mode="min",
-                            storage_options=storage_options) if uri else None
+                            storage_options=storage_options, blocking=not async_save,
+                            preemption=preemption) if uri else None
     if mgr is not None:
         st = mgr.restore(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
         if st is not None:
@@ -94,10 +97,13 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
             step += 1
             if emit is not None:
                 emit(step, float(loss))
-            if mgr is not None and (step % save_every == 0 or step == total_steps):
-                mgr.save(step, model=model, optimizer=opt, scheduler=sched, scaler=scaler,
-                         epoch=epoch, metrics={"loss": float(loss)},
-                         extra={"batch": i + 1, "epoch_gen_state": epoch_start_state})
+            if mgr is not None:
+                objs: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler,
+                        "epoch": epoch, "metrics": {"loss": float(loss)},
+                        "extra": {"batch": i + 1, "epoch_gen_state": epoch_start_state}}
+                mgr.save_on_preemption(step, **objs)  # exits the process when preempted
+                if step % save_every == 0 or step == total_steps:
+                    mgr.save(step, **objs)
             if step >= total_steps:
                 break
         else:
@@ -105,6 +111,8 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
             epoch_start_state = loader_gen.get_state()
             continue
         break
+    if mgr is not None:
+        mgr.close()  # flush a background save
     return params_digest(model)
 
 
@@ -114,13 +122,16 @@ def _worker(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--save-every", type=int, default=10)
     p.add_argument("--storage-options", default="{}")
+    p.add_argument("--async-save", action="store_true")
+    p.add_argument("--preemption", action="store_true")
     a = p.parse_args(argv)
 
     def emit(step: int, loss: float) -> None:
         print(f"STEP {step} {loss:.6f}", flush=True)
 
     digest = train(a.uri, a.steps, save_every=a.save_every,
-                   storage_options=json.loads(a.storage_options), emit=emit)
+                   storage_options=json.loads(a.storage_options), emit=emit,
+                   async_save=a.async_save, preemption=a.preemption)
     print(f"DONE {digest}", flush=True)
     return 0
 

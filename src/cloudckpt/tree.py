@@ -1,12 +1,14 @@
 """Encode a state tree as JSON plus a list of array leaves, and back. No pickle anywhere.
 
-Supported: dict (any hashable scalar/tuple keys, order kept), list, tuple, ``torch.Size``,
+Supported: dict (any hashable scalar/tuple keys, order kept; ``OrderedDict`` kept as such with
+its ``_metadata``, as ``state_dict()`` returns it; other dict subclasses load as dict), list,
+tuple, ``torch.Size``,
 str, int (any size), float (incl. nan, inf, -0.0), bool, None, bytes, numpy scalars, torch
 tensors and numpy arrays (the leaves). Anything else raises
 :class:`~cloudckpt.errors.UnsupportedValue` naming the key path, before anything is written.
 
 JSON shape: str/bool/None/int and finite floats are themselves; everything else is an object
-with a ``"t"`` tag (``dict``, ``list``, ``tuple``, ``size``, ``float``, ``bytes``,
+with a ``"t"`` tag (``dict``, ``odict``, ``list``, ``tuple``, ``size``, ``float``, ``bytes``,
 ``npscalar``, ``leaf``). A plain JSON object is never user data, so decoding is unambiguous.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +31,13 @@ __all__ = ["Leaf", "decode_tree", "encode_tree", "path_str", "select"]
 
 @dataclass(frozen=True)
 class Leaf:
-    """A tensor or array found in the tree; ``index`` is its position in the leaf table."""
+    """A tensor or array found in the tree; ``index`` is its position in the leaf table.
+    ``device`` overrides the device recorded for it (a staged copy of a GPU tensor)."""
 
     path: str
     value: Any
     index: int
+    device: str | None = None
 
 
 def path_str(parts: Sequence[Any]) -> str:
@@ -87,8 +92,14 @@ def encode_tree(state: Any) -> tuple[Any, list[Leaf]]:
             active.add(id(v))
             try:
                 if isinstance(v, dict):
-                    return {"t": "dict", "items": [[enc(k, (*parts, k), True), enc(x, (*parts, k))]
-                                                   for k, x in v.items()]}
+                    items = [[enc(k, (*parts, k), True), enc(x, (*parts, k))]
+                             for k, x in v.items()]
+                    if isinstance(v, OrderedDict):  # state_dict(): keep the type and the
+                        meta = getattr(v, "_metadata", None)  # per-module version info
+                        return {"t": "odict", "items": items,
+                                "meta": enc(dict(meta), (*parts, "_metadata"))
+                                if isinstance(meta, dict) else None}
+                    return {"t": "dict", "items": items}
                 return {"t": "list", "items": [enc(x, (*parts, i)) for i, x in enumerate(v)]}
             finally:
                 active.discard(id(v))
@@ -143,21 +154,26 @@ def decode_tree(node: Any, leaf: Callable[[int], Any]) -> Any:
     if not isinstance(node, dict) or not isinstance(node.get("t"), str):
         raise _bad(f"unexpected node {str(node)[:80]!r}")
     tag = node["t"]
-    expected = {"dict": {"t", "items"}, "list": {"t", "items"}, "tuple": {"t", "items"},
-                "size": {"t", "items"}, "float": {"t", "v"}, "bytes": {"t", "v"},
+    expected = {"dict": {"t", "items"}, "odict": {"t", "items", "meta"}, "list": {"t", "items"},
+                "tuple": {"t", "items"}, "size": {"t", "items"}, "float": {"t", "v"}, "bytes": {"t", "v"},
                 "npscalar": {"t", "dtype", "v"}, "leaf": {"t", "i"}}.get(tag)
     if expected is None:
         raise _bad(f"unknown tag {tag!r}")
     if set(node) != expected:
         raise _bad(f"node {tag!r} has fields {sorted(node)}")
-    if tag in ("dict", "list", "tuple", "size") and not isinstance(node["items"], list):
+    if tag in ("dict", "odict", "list", "tuple", "size") and not isinstance(node["items"], list):
         raise _bad(f"{tag} items must be a list")
-    if tag == "dict":
-        out = {}
+    if tag in ("dict", "odict"):
+        out: dict[Any, Any] = OrderedDict() if tag == "odict" else {}
         for item in node["items"]:
             if not isinstance(item, list) or len(item) != 2:
                 raise _bad("dict item must be a [key, value] pair")
             out[decode_tree(item[0], leaf)] = decode_tree(item[1], leaf)
+        if tag == "odict" and node["meta"] is not None:
+            meta = decode_tree(node["meta"], leaf)
+            if not isinstance(meta, dict):
+                raise _bad("odict metadata must be a dict")
+            out._metadata = meta  # type: ignore[attr-defined]
         return out
     if tag == "list":
         return [decode_tree(x, leaf) for x in node["items"]]
@@ -197,7 +213,7 @@ def select(node: Any, keys: Sequence[str]) -> Any:
     for k in keys:
         head, _, rest = k.strip("/").partition("/")
         heads.setdefault(head, []).append(rest)
-    if not (isinstance(node, dict) and node.get("t") == "dict"):
+    if not (isinstance(node, dict) and node.get("t") in ("dict", "odict")):
         raise KeyError(f"cannot select {sorted(heads)} below a non-dict node")
     items = []
     found = set()
@@ -209,7 +225,7 @@ def select(node: Any, keys: Sequence[str]) -> Any:
     missing = sorted(set(heads) - found)
     if missing:
         raise KeyError(f"no such key(s) in the checkpoint: {missing}")
-    return {"t": "dict", "items": items}
+    return {**node, "items": items}
 
 
 def leaf_indices(node: Any) -> list[int]:

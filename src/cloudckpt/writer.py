@@ -34,7 +34,7 @@ from cloudckpt.manifest import ChunkRecord, Manifest, Segment, TensorRecord, enc
 from cloudckpt.storage import Store, open_store
 from cloudckpt.tree import Leaf, encode_tree
 
-__all__ = ["SaveInfo", "save"]
+__all__ = ["SaveInfo", "save", "write_encoded"]
 
 MiB = 1024 * 1024
 DEFAULT_CHUNK_SIZE = 4 * MiB
@@ -110,12 +110,29 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
         InvalidArgument: bad sizes, compression or metadata.
         StorageError and subclasses: the store failed; nothing was committed.
     """
+    check_compression(compression)
+    tree, leaves = encode_tree(state)
+    return write_encoded(tree, leaves, uri, compression=compression,
+                         storage_options=storage_options, metadata=metadata, overwrite=overwrite,
+                         chunk_size=chunk_size, object_size=object_size,
+                         memory_budget=memory_budget, max_workers=max_workers,
+                         storage_class=storage_class)
+
+
+def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | Store, *,
+                  compression: str = "auto", storage_options: Mapping[str, Any] | None = None,
+                  metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
+                  storage_class: str | None = None) -> SaveInfo:
+    """Write an already encoded state (:func:`cloudckpt.tree.encode_tree`) and commit it.
+    The background half of :func:`save`, for callers that snapshot the leaves first (async
+    saves). Same options and errors as :func:`save`."""
     t0 = time.perf_counter()
     check_compression(compression)
     if min(chunk_size, object_size, memory_budget) <= 0:
         raise InvalidArgument("chunk_size, object_size and memory_budget must be positive")
     meta = _check_metadata(metadata)
-    tree, leaves = encode_tree(state)
     store = open_store(uri, storage_options=storage_options)
     previous = _previous(store, overwrite)
 
@@ -135,7 +152,7 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
     tensors = tuple(
         TensorRecord(leaf.path, "torch" if isinstance(leaf.value, torch.Tensor) else "numpy",
                      _dtype_name(leaf.value), tuple(leaf.value.shape), infos[i].nbytes,
-                     _device(leaf.value), tuple(segments[i]))
+                     leaf.device or _device(leaf.value), tuple(segments[i]))
         for i, leaf in enumerate(leaves))
     manifest = Manifest(save_id=save_id, created=datetime.now(timezone.utc).isoformat(),
                         library_version=_version, tree=tree, tensors=tensors,

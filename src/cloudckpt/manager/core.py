@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from cloudckpt.errors import (
 )
 from cloudckpt.layout import delete_checkpoint
 from cloudckpt.manager.archive import ArchivePolicy, archive_checkpoint, needs_rehydration
+from cloudckpt.manager.background import BackgroundSaver
 from cloudckpt.manager.gc import GCReport, collect_garbage
 from cloudckpt.manager.index import (
     META_KEY,
@@ -36,6 +38,7 @@ from cloudckpt.manager.index import (
     step_dir,
     tier_key,
 )
+from cloudckpt.manager.preemption import PreemptionWatch
 from cloudckpt.manager.retention import (
     AnyOf,
     CheckpointSummary,
@@ -47,10 +50,12 @@ from cloudckpt.manager.retention import (
     best_step,
     plan_retention,
 )
+from cloudckpt.manager.staging import Stager
 from cloudckpt.manager.state import capture, restore_into
 from cloudckpt.reader import load
 from cloudckpt.storage import Store, open_store, substore
-from cloudckpt.writer import SaveInfo, save
+from cloudckpt.tree import encode_tree
+from cloudckpt.writer import SaveInfo, write_encoded
 
 __all__ = ["CheckpointManager", "TrainingState"]
 
@@ -82,6 +87,17 @@ class CheckpointManager:
     ``save_every_steps`` / ``save_every_epochs`` / ``save_on_improvement`` drive
     :meth:`should_save`. ``clock`` is injectable (seconds since the epoch).
 
+    Async saves (``blocking=False`` here or per :meth:`save`): the training thread only copies
+    the tensors into reused host staging buffers (pinned for CUDA tensors) and returns; encoding,
+    upload, commit and retention run on a background thread. At most one save is in flight;
+    another ``save`` meanwhile waits (``when_busy="wait"``) or is skipped and logged
+    (``"skip"``). A background error is raised by the next ``save``, by :meth:`wait`, and is
+    logged at exit, where an in-flight save is waited for up to ``exit_timeout`` seconds. Host
+    memory cost: one copy of the saved tensors (:attr:`staging_bytes`), kept for reuse.
+
+    ``preemption=True`` (call from the main thread) turns ``preemption_signals`` into a flag:
+    see :attr:`preempted` and :meth:`save_on_preemption`.
+
     Raises (constructor): InvalidURI, InvalidArgument.
     """
 
@@ -92,7 +108,11 @@ class CheckpointManager:
                  save_every_steps: int | None = None, save_every_epochs: int | None = None,
                  save_on_improvement: bool = False, compression: str = "auto",
                  storage_options: Mapping[str, Any] | None = None,
-                 clock: Callable[[], float] = time.time, gc_grace: float = 3600.0) -> None:
+                 clock: Callable[[], float] = time.time, gc_grace: float = 3600.0,
+                 blocking: bool = True, when_busy: str = "wait", exit_timeout: float = 300.0,
+                 preemption: bool = False,
+                 preemption_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1),
+                 preemption_deadline: float = 90.0) -> None:
         if mode not in ("min", "max"):
             raise InvalidArgument(f"mode must be 'min' or 'max', not {mode!r}")
         self.store = open_store(uri, storage_options=storage_options)
@@ -106,6 +126,13 @@ class CheckpointManager:
         self._storage_options = storage_options
         self.index = RunIndex(self.store)
         self._history: list[tuple[int, dict[str, float]]] = []
+        if when_busy not in ("wait", "skip"):
+            raise InvalidArgument(f"when_busy must be 'wait' or 'skip', not {when_busy!r}")
+        self.blocking, self.when_busy = blocking, when_busy
+        self._stager = Stager()
+        self._background = BackgroundSaver(self.uri, exit_timeout)
+        self._preemption = PreemptionWatch(preemption_signals, preemption_deadline) \
+            if preemption else None
         if retention is None:
             parts: list[RetentionPolicy] = []
             if keep_last is not None:
@@ -168,17 +195,28 @@ class CheckpointManager:
     # -- save ------------------------------------------------------------------------------
     def save(self, step: int, *, epoch: int | None = None,
              metrics: Mapping[str, float] | None = None, extra: Mapping[str, Any] | None = None,
-             rng: bool = True, **objects: Any) -> SaveInfo:
+             rng: bool = True, blocking: bool | None = None, **objects: Any) -> SaveInfo | None:
         """Commit a checkpoint of ``objects`` (``model=``, ``optimizer=``, ``scheduler=``,
         ``scaler=``, any object with ``state_dict``, or a ``torch.Generator``) at ``step``,
         with RNG states, ``epoch``, ``metrics`` and ``extra``; then apply retention. Call from
-        the training thread; tensors must not change while it runs.
+        the training thread. Blocking (the default unless the manager says otherwise): returns
+        the :class:`SaveInfo`; tensors must not change meanwhile. Non-blocking: returns ``None``
+        once the tensors are snapshotted; the result comes from :meth:`wait`.
 
         Raises:
             AlreadyExists: ``step`` is already committed (e.g. by a zombie node).
             UnsupportedValue, InvalidArgument: bad state; nothing written.
             StorageError: the save failed; nothing committed, retention untouched.
+            Any error of the previous background save (raised here once).
         """
+        blocking = self.blocking if blocking is None else blocking
+        self._background.raise_pending()
+        if self._background.busy:
+            if not blocking and self.when_busy == "skip":
+                log.warning("skipping the save of step %d: the previous save is still running",
+                            step)
+                return None
+            self._background.wait()
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise InvalidArgument(f"step must be a non-negative int, got {step!r}")
         clash = _RESERVED & set(objects)
@@ -186,22 +224,106 @@ class CheckpointManager:
             raise InvalidArgument(f"reserved names cannot be objects: {sorted(clash)}")
         mets = {k: float(v) for k, v in (metrics or {}).items()}
         history = [*self._history, (step, mets)]
-        tree = capture(step, objects, epoch=epoch, metrics=mets,
-                       history=[[s, m] for s, m in history], extra=extra, rng=rng)
+        tree, leaves = encode_tree(
+            capture(step, objects, epoch=epoch, metrics=mets,
+                    history=[[s, m] for s, m in history], extra=extra, rng=rng))
         meta = {META_KEY: {"step": step, "epoch": epoch,
                            "metrics": {k: v for k, v in mets.items() if math.isfinite(v)},
                            "time": self.clock()}}
-        info = save(tree, substore(self.store, step_dir(step)), metadata=meta,
-                    compression=self.compression)
-        self._history = history
-        log.info("committed step %d to %s (%.1f MiB stored)", step, info.uri,
-                 info.stored_bytes / 2**20)
+
+        def commit(leaves: list[Any] = leaves) -> SaveInfo:
+            info = write_encoded(tree, leaves, substore(self.store, step_dir(step)),
+                                 metadata=meta, compression=self.compression)
+            self._history = history
+            log.info("committed step %d to %s (%.1f MiB stored)", step, info.uri,
+                     info.stored_bytes / 2**20)
+            try:
+                self.apply_retention()
+            except CloudckptError as e:  # committed; retention retries on the next save
+                log.warning("retention after step %d failed (will retry on the next save): "
+                            "%s", step, e)
+            return info
+
+        if blocking:
+            return commit()
+        staged = self._stager.stage(leaves)
+        self._background.submit(lambda: commit(staged), f"step {step} to {self.uri}")
+        return None
+
+    def wait(self, timeout: float | None = None) -> SaveInfo | None:
+        """Wait for the in-flight background save; return its :class:`SaveInfo` (``None`` if
+        there was none).
+
+        Raises:
+            TimeoutError: still running after ``timeout``. The background save's error.
+        """
+        result: SaveInfo | None = self._background.wait(timeout)
+        return result
+
+    @property
+    def staging_bytes(self) -> int:
+        """Host memory held by the async staging buffers."""
+        return self._stager.nbytes
+
+    def close(self) -> None:
+        """Wait for any background save, then release signal handlers and exit hooks."""
         try:
-            self.apply_retention()
-        except CloudckptError as e:  # the checkpoint is committed; retention retries next time
-            log.warning("retention after step %d failed (will retry on the next save): %s",
-                        step, e)
-        return info
+            self.wait()
+        finally:
+            self._background.close()
+            if self._preemption is not None:
+                self._preemption.uninstall()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # do not mask the original error; still flush what can be flushed
+            try:
+                self.close()
+            except Exception as e:
+                log.error("while handling %s, the background save also failed: %s",
+                          exc_type.__name__, e)
+
+    # -- preemption ------------------------------------------------------------------------
+    @property
+    def preempted(self) -> bool:
+        """True once a preemption signal arrived (needs ``preemption=True``)."""
+        return self._preemption is not None and self._preemption.preempted
+
+    def on_preemption(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(signum)`` from the signal handler when preemption is signalled."""
+        if self._preemption is None:
+            raise InvalidArgument("create the manager with preemption=True first")
+        self._preemption.add_callback(callback)
+
+    def save_on_preemption(self, step: int, *, exit: bool = True, **save_args: Any) -> bool:
+        """At a step boundary: if preempted, flush any background save, write a final
+        blocking checkpoint of ``step`` (``save_args`` as for :meth:`save`), and exit the
+        process cleanly (``SystemExit(0)``) unless ``exit`` is false. Returns False when not
+        preempted. Call from the training thread."""
+        if not self.preempted:
+            return False
+        watch = self._preemption
+        assert watch is not None
+        try:
+            self._background.wait(watch.remaining())
+        except TimeoutError:
+            log.error("the in-flight save did not finish before the preemption deadline")
+        except CloudckptError as e:
+            log.error("the previous background save failed: %s", e)
+        if step in self.steps():
+            log.warning("step %d is already committed; no final save needed", step)
+        else:
+            self.save(step, blocking=True, **save_args)
+        watch.done.set()
+        log.warning("final checkpoint of step %d committed after preemption; exiting", step)
+        if exit:
+            self.close()
+            raise SystemExit(0)
+        return True
 
     # -- restore ---------------------------------------------------------------------------
     def restore(self, step: int | str = "latest", *, rng: bool = True, strict: bool = True,

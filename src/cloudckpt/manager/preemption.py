@@ -1,0 +1,78 @@
+"""Opt-in preemption handling: SIGTERM (spot / preemptible VM notice) and SIGUSR1 (SLURM
+requeue) set a flag instead of killing the process, so the training loop can write a final
+checkpoint at its next step boundary and exit cleanly.
+
+Who calls what: the manager installs the handlers from the main thread (signals can only be
+handled there); the handler only sets state and calls user callbacks; the training loop polls
+``mgr.preempted`` or calls ``mgr.save_on_preemption(...)`` at step boundaries. A watchdog logs an
+ERROR if the final checkpoint has not committed within the deadline after the signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from cloudckpt.errors import InvalidArgument
+
+__all__ = ["PreemptionWatch"]
+
+log = logging.getLogger("cloudckpt.manager")
+
+
+class PreemptionWatch:
+    """Installs handlers for ``signals``; see the module docstring."""
+
+    def __init__(self, signals: Sequence[int], deadline: float) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise InvalidArgument("preemption handling must be enabled from the main thread")
+        self.deadline = deadline
+        self.signum: int | None = None
+        self.since: float | None = None
+        self.done = threading.Event()
+        self._callbacks: list[Callable[[int], None]] = []
+        self._previous: dict[int, Any] = {}
+        for s in signals:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    @property
+    def preempted(self) -> bool:
+        return self.signum is not None
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (the full deadline when not preempted)."""
+        if self.since is None:
+            return self.deadline
+        return max(0.0, self.deadline - (time.monotonic() - self.since))
+
+    def add_callback(self, cb: Callable[[int], None]) -> None:
+        self._callbacks.append(cb)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            return
+        self.signum, self.since = signum, time.monotonic()
+        log.warning("received %s: a final checkpoint will be written at the next step boundary "
+                    "(deadline %.0f s)", signal.Signals(signum).name, self.deadline)
+        timer = threading.Timer(self.deadline, self._late)
+        timer.daemon = True
+        timer.start()
+        for cb in self._callbacks:
+            cb(signum)
+
+    def _late(self) -> None:
+        if not self.done.is_set():
+            log.error("no final checkpoint committed within %.0f s of the preemption signal",
+                      self.deadline)
+
+    def uninstall(self) -> None:
+        """Restore the previous handlers (main thread only)."""
+        if threading.current_thread() is threading.main_thread():
+            for s, h in self._previous.items():
+                signal.signal(s, h)
+        self._previous = {}
