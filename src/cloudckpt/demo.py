@@ -98,9 +98,10 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
             if emit is not None:
                 emit(step, float(loss))
             if mgr is not None:
-                objs: dict[str, Any] = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler,
-                        "epoch": epoch, "metrics": {"loss": float(loss)},
-                        "extra": {"batch": i + 1, "epoch_gen_state": epoch_start_state}}
+                objs: dict[str, Any] = {
+                    "model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler,
+                    "epoch": epoch, "metrics": {"loss": float(loss)},
+                    "extra": {"batch": i + 1, "epoch_gen_state": epoch_start_state}}
                 mgr.save_on_preemption(step, **objs)  # exits the process when preempted
                 if step % save_every == 0 or step == total_steps:
                     mgr.save(step, **objs)
