@@ -15,12 +15,14 @@ the committed manifest (if any) does not reference.
 
 from __future__ import annotations
 
-from cloudckpt.errors import CorruptCheckpoint, IncompleteCheckpoint, NotFound
-from cloudckpt.manifest import Manifest, decode_manifest
-from cloudckpt.storage import ObjectInfo, Store
+from collections.abc import Callable
 
-__all__ = ["DATA_PREFIX", "MANIFEST_KEY", "data_key", "delete_checkpoint", "find_orphans",
-           "read_manifest"]
+from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, IncompleteCheckpoint, NotFound
+from cloudckpt.manifest import Manifest, decode_manifest
+from cloudckpt.storage import ObjectInfo, Store, copy_object
+
+__all__ = ["DATA_PREFIX", "MANIFEST_KEY", "copy_checkpoint", "data_key", "delete_checkpoint",
+           "find_orphans", "read_manifest"]
 
 MANIFEST_KEY = "manifest.json"
 DATA_PREFIX = "data"
@@ -67,3 +69,33 @@ def delete_checkpoint(store: Store) -> int:
     store.delete(MANIFEST_KEY)
     store.delete_many([o.key for o in objs])
     return len(objs) + 1
+
+
+def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> Manifest:
+    """Copy the committed checkpoint at ``src`` to ``dst`` (any two backends): data objects
+    first (streamed, bounded memory), each size-checked, then the manifest last, create-only.
+    Re-running after an interruption completes the copy. Returns the manifest.
+
+    Raises:
+        AlreadyExists: ``dst`` holds a *different* committed checkpoint.
+        CorruptCheckpoint: a copied object has the wrong size.
+    """
+    manifest_bytes = src.get(MANIFEST_KEY)
+    manifest = decode_manifest(manifest_bytes)
+    for key in manifest.objects:
+        if key.startswith("@"):
+            raise CorruptCheckpoint(f"{src.uri}: sibling references cannot be copied alone")
+        size = copy_object(src, key, dst, key)
+        if dst.stat(key).size != size:
+            raise CorruptCheckpoint(f"copy of {src.uri}/{key} to {dst.uri} has the wrong size")
+        if storage_class:
+            dst.set_storage_class(key, storage_class)
+        if progress is not None:
+            progress(size)
+    try:
+        dst.put(MANIFEST_KEY, manifest_bytes, create_only=True)
+    except AlreadyExists:
+        if dst.get(MANIFEST_KEY) != manifest_bytes:
+            raise AlreadyExists(f"{dst.uri} holds a different committed checkpoint") from None
+    return manifest

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidArgument
-from cloudckpt.layout import DATA_PREFIX, MANIFEST_KEY, delete_checkpoint
+from cloudckpt.errors import InvalidArgument
+from cloudckpt.layout import DATA_PREFIX, copy_checkpoint, delete_checkpoint
 from cloudckpt.manager.index import archived_key, step_dir, tier_key
-from cloudckpt.storage import copy_object, open_store, substore
+from cloudckpt.storage import open_store, substore
 
 if TYPE_CHECKING:
     from cloudckpt.manager.core import CheckpointManager
@@ -60,20 +60,9 @@ def archive_checkpoint(mgr: CheckpointManager, step: int, policy: ArchivePolicy)
                                                   "time": mgr.clock()}).encode())
         return
     rec = {r.step: r for r in mgr.checkpoints()}[step]
-    dest_uri = f"{policy.uri.rstrip('/')}/{step_dir(step)}"
-    dest = open_store(dest_uri, storage_options=policy.storage_options)
-    manifest_bytes = sub.get(MANIFEST_KEY)
-    for obj in sub.list(DATA_PREFIX):
-        copy_object(sub, obj.key, dest, obj.key)
-        if dest.stat(obj.key).size != obj.size:
-            raise CorruptCheckpoint(f"archive copy of {sub.uri}/{obj.key} has the wrong size")
-        if policy.storage_class:
-            dest.set_storage_class(obj.key, policy.storage_class)
-    try:
-        dest.put(MANIFEST_KEY, manifest_bytes, create_only=True)
-    except AlreadyExists:
-        if dest.get(MANIFEST_KEY) != manifest_bytes:  # a different checkpoint: never clobber
-            raise
+    dest = open_store(f"{policy.uri.rstrip('/')}/{step_dir(step)}",
+                      storage_options=policy.storage_options)
+    copy_checkpoint(sub, dest, storage_class=policy.storage_class)
     pointer = {"uri": dest.uri, "time": rec.time, "epoch": rec.epoch, "metrics": rec.metrics,
                "raw_bytes": rec.raw_bytes, "stored_bytes": rec.stored_bytes,
                "tier": policy.storage_class}
