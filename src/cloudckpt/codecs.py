@@ -53,6 +53,14 @@ class Codec(Protocol):
             CorruptCheckpoint: the stored bytes cannot be decoded to that size.
         """
 
+    def decode_into(self, stored: bytes | memoryview, out: np.ndarray, itemsize: int) -> None:
+        """Decode into ``out`` (a writable, contiguous uint8 array of the raw size), writing
+        each byte once: the reader's path for a chunk that fills part of one tensor.
+
+        Raises:
+            CorruptCheckpoint: as :meth:`decode`.
+        """
+
 
 class NoneCodec:
     name = "none"
@@ -65,6 +73,9 @@ class NoneCodec:
             raise CorruptCheckpoint(f"raw chunk has {len(stored)} bytes, expected {raw_size}")
         return stored
 
+    def decode_into(self, stored: bytes | memoryview, out: np.ndarray, itemsize: int) -> None:
+        out[:] = np.frombuffer(self.decode(stored, out.size, itemsize), dtype=np.uint8)
+
 
 def _decompress(data: bytes | memoryview, size: int) -> bytes:
     try:
@@ -76,6 +87,23 @@ def _decompress(data: bytes | memoryview, size: int) -> bytes:
     return out
 
 
+def _decompress_into(data: bytes | memoryview, out: np.ndarray) -> None:
+    """zstd-decode ``data`` into ``out``, which it must fill exactly."""
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            got = reader.readinto(out.data)
+            while got < out.size:
+                n = reader.readinto(out.data[got:])
+                if n == 0:
+                    break
+                got += n
+            extra = reader.read(1)
+    except zstandard.ZstdError as e:
+        raise CorruptCheckpoint(f"zstd data cannot be decoded: {e}") from e
+    if got != out.size or extra:
+        raise CorruptCheckpoint(f"zstd data does not decode to {out.size} bytes")
+
+
 class ZstdCodec:
     name = "zstd"
 
@@ -84,6 +112,9 @@ class ZstdCodec:
 
     def decode(self, stored: bytes | memoryview, raw_size: int, itemsize: int) -> bytes | memoryview:
         return _decompress(stored, raw_size)
+
+    def decode_into(self, stored: bytes | memoryview, out: np.ndarray, itemsize: int) -> None:
+        _decompress_into(stored, out)
 
 
 class BGZstdCodec:
@@ -117,7 +148,13 @@ class BGZstdCodec:
         return b"BG\x01\x01" + _PLANE_HDR.pack(1, len(packed)) + packed
 
     def decode(self, stored: bytes | memoryview, raw_size: int, itemsize: int) -> bytes | memoryview:
+        out = np.empty(raw_size, dtype=np.uint8)
+        self.decode_into(stored, out, itemsize)
+        return out.data.cast("B")
+
+    def decode_into(self, stored: bytes | memoryview, out: np.ndarray, itemsize: int) -> None:
         mv = memoryview(stored)
+        raw_size = out.size
         if len(mv) < 4 or bytes(mv[:2]) != b"BG":
             raise CorruptCheckpoint("byte-grouped chunk has a bad header")
         k, n = mv[2], mv[3]
@@ -128,22 +165,25 @@ class BGZstdCodec:
         if len(mv) < pos:
             raise CorruptCheckpoint("byte-grouped chunk header is truncated")
         plane_len = raw_size // k
-        out = np.empty((plane_len, k), dtype=np.uint8)
+        grid = out.reshape(plane_len, k)
         for j in range(n):
             flag, size = _PLANE_HDR.unpack_from(mv, 4 + j * _PLANE_HDR.size)
             body = mv[pos:pos + size]
             if len(body) != size or flag not in (0, 1):
                 raise CorruptCheckpoint("byte-grouped chunk plane is truncated or malformed")
             pos += size
-            plane = _decompress(body, plane_len) if flag else body
+            if flag:
+                if k == 1:
+                    _decompress_into(body, out)
+                    continue
+                plane: bytes | memoryview = _decompress(body, plane_len)
+            else:
+                plane = body
             if len(plane) != plane_len:
                 raise CorruptCheckpoint(f"plane {j} has {len(plane)} bytes, expected {plane_len}")
-            if k == 1:
-                return bytes(plane)
-            out[:, j] = np.frombuffer(plane, dtype=np.uint8)
+            grid[:, j] = np.frombuffer(plane, dtype=np.uint8)
         if pos != len(mv):
             raise CorruptCheckpoint("byte-grouped chunk has trailing bytes")
-        return out.data.cast("B")
 
 
 CODECS: Mapping[str, Codec] = {c.name: c for c in (NoneCodec(), ZstdCodec(), BGZstdCodec())}

@@ -234,12 +234,19 @@ def _decode_chunk(m: Manifest, ci: int, mv: memoryview, base: int, jobs: list[An
 
     if verify and xxhash.xxh3_64_hexdigest(stored) != c.stored_xxh3:
         raise corrupt("stored bytes fail their checksum")
+    codec = get_codec(c.codec)
+    direct = len(jobs) == 1 and jobs[0][1] == 0 and jobs[0][2] == c.raw_size
     try:
-        raw = get_codec(c.codec).decode(stored, c.raw_size, c.itemsize)
+        if direct:  # the chunk fills one stretch of one tensor: decode straight into it
+            view, _off, length, pos, _path = jobs[0]
+            raw: Any = view[pos:pos + length]
+            codec.decode_into(stored, raw, c.itemsize)
+        else:
+            raw = np.frombuffer(codec.decode(stored, c.raw_size, c.itemsize), dtype=np.uint8)
     except CorruptCheckpoint as e:
         raise corrupt(f"cannot be decoded ({e})") from e
     if verify and c.codec != "none" and xxhash.xxh3_64_hexdigest(raw) != c.raw_xxh3:
         raise corrupt("decoded bytes fail their checksum")
-    src = np.frombuffer(raw, dtype=np.uint8)
-    for view, off, length, pos, _path in jobs:
-        view[pos:pos + length] = src[off:off + length]
+    if not direct:
+        for view, off, length, pos, _path in jobs:
+            view[pos:pos + length] = raw[off:off + length]

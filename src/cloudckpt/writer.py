@@ -204,7 +204,9 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
                    groups: list[list[int]], save_id: str, object_size: int, memory_budget: int,
                    max_workers: int | None, storage_class: str | None) -> list[ChunkRecord]:
     readers = [_byte_reader(leaf.value) for leaf in leaves]
-    in_flight = max(1, memory_budget // (2 * object_size + 2 * MiB))
+    # per task: encoded parts, then the joined body (parts freed), plus plane scratch and the
+    # HTTP client's buffers: budget three object sizes each
+    in_flight = max(1, memory_budget // (3 * object_size))
     workers = max(1, min(in_flight, max_workers or 8, len(groups) or 1))
     slots = threading.BoundedSemaphore(in_flight)
     results: list[list[ChunkRecord] | None] = [None] * len(groups)
@@ -228,7 +230,10 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
                                     stored_sum, raw_sum))
             parts.append(enc)
             offset += len(enc)
-        store.put(key, b"".join(parts), storage_class=storage_class)
+        body = b"".join(parts)
+        parts.clear()  # hold one copy of the encoded object while it uploads, not two
+        store.put(key, body, storage_class=storage_class)
+        del body
         written.append(key)
         results[n] = recs
 

@@ -261,6 +261,16 @@ class CheckpointManager:
         return result
 
     @property
+    def metrics_history(self) -> list[tuple[int, dict[str, float]]]:
+        """``(step, metrics)`` of every save of this run so far (restored by :meth:`restore`;
+        integrations that restore by other means may set it)."""
+        return list(self._history)
+
+    @metrics_history.setter
+    def metrics_history(self, history: list[tuple[int, dict[str, float]]]) -> None:
+        self._history = [(int(s), dict(m)) for s, m in history]
+
+    @property
     def staging_bytes(self) -> int:
         """Host memory held by the async staging buffers."""
         return self._stager.nbytes
