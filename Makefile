@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint typecheck clean
+CHECKOV_VENV := .venv-checkov
+
+.PHONY: demo test install lint typecheck clean infra-check bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,12 +26,21 @@ install: $(VENV)/.installed node_modules/.bin/azurite-blob
 demo: $(VENV)/.installed
 	$(BIN)/cloudckpt demo $(DEMO_ARGS)
 
-test: install
+# checkov lives in its own venv: its pins must not steer the botocore/aiobotocore stack.
+$(CHECKOV_VENV)/bin/checkov:
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check checkov==3.3.30
+
+infra-check: $(CHECKOV_VENV)/bin/checkov
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov bash infra/check.sh
+
+test: install $(CHECKOV_VENV)/bin/checkov
 	$(BIN)/python -m cloudckpt.testing.emulators run -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory infra-check
 
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) node_modules .emulators
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .emulators
