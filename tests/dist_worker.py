@@ -71,3 +71,63 @@ def run(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str, o
             f.write(result)
     finally:
         dist.destroy_process_group()
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+def digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the full (unsharded) parameters."""
+    import hashlib
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                              cpu_offload=False))
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        v = sd[k]
+        v = v.full_tensor() if hasattr(v, "full_tensor") else v
+        h.update(k.encode() + v.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str,
+                out: str) -> None:
+    """Train 3 identical steps on every rank and save through CheckpointManager, or restore."""
+    warnings.simplefilter("ignore")
+    from cloudckpt import CheckpointManager
+
+    opts = json.loads(opts_json)
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        model = _mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        mgr = CheckpointManager(uri, keep_last=2, storage_options=opts)
+        if mode == "save":
+            g = torch.Generator().manual_seed(1)
+            for _ in range(3):
+                x = torch.randn(8, 16, generator=g)
+                model(x).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+                sched.step()
+            mgr.save(3, model=model, optimizer=opt, scheduler=sched, epoch=0,
+                     metrics={"loss": 0.5}, extra={"note": "dist"})
+            result = {"digest": digest(model), "last_epoch": sched.last_epoch}
+        else:
+            st = mgr.restore(model=model, optimizer=opt, scheduler=sched)
+            assert st is not None
+            result = {"digest": digest(model), "last_epoch": sched.last_epoch, "step": st.step,
+                      "extra": st.extra, "opt_steps": sorted(
+                          float(s["step"]) for s in opt.state_dict()["state"].values())}
+        with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+            f.write(json.dumps(result, sort_keys=True))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()

@@ -25,9 +25,16 @@ from cloudckpt.errors import (
     NotFound,
     RehydrationRequired,
 )
-from cloudckpt.layout import delete_checkpoint
+from cloudckpt.layout import delete_checkpoint, read_manifest
 from cloudckpt.manager.archive import ArchivePolicy, archive_checkpoint, needs_rehydration
 from cloudckpt.manager.background import BackgroundSaver
+from cloudckpt.manager.distributed import (
+    is_distributed,
+    is_distributed_checkpoint,
+    restore_distributed,
+    save_distributed,
+    split_objects,
+)
 from cloudckpt.manager.gc import GCReport, collect_garbage
 from cloudckpt.manager.index import (
     META_KEY,
@@ -224,6 +231,10 @@ class CheckpointManager:
             raise InvalidArgument(f"reserved names cannot be objects: {sorted(clash)}")
         mets = {k: float(v) for k, v in (metrics or {}).items()}
         history = [*self._history, (step, mets)]
+        if is_distributed():
+            self._save_distributed(step, objects, epoch=epoch, metrics=mets, history=history,
+                                   extra=extra, blocking=blocking)
+            return None
         tree, leaves = encode_tree(
             capture(step, objects, epoch=epoch, metrics=mets,
                     history=[[s, m] for s, m in history], extra=extra, rng=rng))
@@ -249,6 +260,32 @@ class CheckpointManager:
         staged = self._stager.stage(leaves)
         self._background.submit(lambda: commit(staged), f"step {step} to {self.uri}")
         return None
+
+    def _save_distributed(self, step: int, objects: Mapping[str, Any], *, epoch: int | None,
+                          metrics: dict[str, float], history: list[tuple[int, dict[str, float]]],
+                          extra: Mapping[str, Any] | None, blocking: bool) -> None:
+        """Collective save on every rank (see :mod:`cloudckpt.manager.distributed`)."""
+        import torch.distributed as dist
+
+        if not blocking:
+            log.warning("distributed saves are blocking (DCP collectives); saving step %d now",
+                        step)
+        _dcp_objs, rest = split_objects(objects)
+        tree = capture(step, rest, epoch=epoch, metrics=metrics,
+                       history=[[s, m] for s, m in history], extra=extra, rng=False)
+        meta = {META_KEY: {"step": step, "epoch": epoch,
+                           "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
+                           "time": self.clock()}}
+        save_distributed(substore(self.store, step_dir(step)), step, objects, tree, meta,
+                         self.compression)
+        self._history = history
+        if dist.get_rank() == 0:
+            log.info("committed step %d to %s (%d ranks)", step, self.uri, dist.get_world_size())
+            try:
+                self.apply_retention()
+            except CloudckptError as e:
+                log.warning("retention after step %d failed (will retry): %s", step, e)
+        dist.barrier()
 
     def wait(self, timeout: float | None = None) -> SaveInfo | None:
         """Wait for the in-flight background save; return its :class:`SaveInfo` (``None`` if
@@ -337,7 +374,8 @@ class CheckpointManager:
 
     # -- restore ---------------------------------------------------------------------------
     def restore(self, step: int | str = "latest", *, rng: bool = True, strict: bool = True,
-                map_location: Any = "cpu", **objects: Any) -> TrainingState | None:
+                map_location: Any = "cpu", _collective: bool = False,
+                **objects: Any) -> TrainingState | None:
         """Load the checkpoint at ``step`` (``"latest"``, ``"best"`` or an int) into
         ``objects`` and return the training state; ``None`` when the run has no checkpoint.
         For ``"latest"``, a corrupt or incomplete newest checkpoint is skipped with a WARNING
@@ -348,6 +386,8 @@ class CheckpointManager:
             CorruptCheckpoint: an explicitly requested checkpoint is damaged.
             RehydrationRequired: it lies in an archive tier that needs a restore first.
         """
+        if is_distributed() and not _collective:
+            return self._restore_distributed(step, rng=rng, strict=strict, objects=objects)
         listing = self.index.scan()
         records = self.index.records(listing)
         by_step = {r.step: r for r in records}
@@ -378,7 +418,7 @@ class CheckpointManager:
         for s in candidates:
             rec = by_step[s]
             try:
-                tree = self._load(rec, map_location)
+                tree = self._load(rec, map_location, objects, rng)
             except (CorruptCheckpoint, NotFound) as e:
                 if step != "latest":
                     raise
@@ -389,7 +429,9 @@ class CheckpointManager:
             if skipped:
                 log.warning("restored step %d from %s instead of newer step(s) %s", s, rec.uri,
                             skipped)
-            restore_into(tree, objects, rng=rng, strict=strict)
+            loaded_here = split_objects(objects)[0] if tree.get("_dcp") else {}
+            restore_into(tree, {k: v for k, v in objects.items() if k not in loaded_here},
+                         rng=rng and not tree.get("_dcp"), strict=strict)
             self._history = [(int(h[0]), dict(h[1])) for h in tree.get("metrics_history", [])]
             best = best_step(self._summaries(records), self.metric, self.mode)
             best_val = by_step[best].metrics.get(self.metric) if best is not None and self.metric else None
@@ -400,7 +442,26 @@ class CheckpointManager:
                                  uri=rec.uri)
         raise CorruptCheckpoint(f"no intact checkpoint under {self.uri}; tried steps {skipped}")
 
-    def _load(self, rec: CheckpointRecord, map_location: Any) -> Any:
+    def _restore_distributed(self, step: int | str, *, rng: bool, strict: bool,
+                             objects: Mapping[str, Any]) -> TrainingState | None:
+        """Every rank restores the step the coordinator chose (no fallback across ranks)."""
+        import torch.distributed as dist
+
+        chosen: list[Any] = [None]
+        if dist.get_rank() == 0:
+            if step == "latest":
+                chosen[0] = self.latest()
+            elif step == "best":
+                chosen[0] = self.best()
+            else:
+                chosen[0] = step
+        dist.broadcast_object_list(chosen, src=0)
+        if chosen[0] is None:
+            return None
+        return self.restore(int(chosen[0]), rng=rng, strict=strict, _collective=True, **objects)
+
+    def _load(self, rec: CheckpointRecord, map_location: Any,
+              objects: Mapping[str, Any] | None = None, rng: bool = True) -> Any:
         if rec.tier and needs_rehydration(rec.tier):
             raise RehydrationRequired(
                 f"step {rec.step} at {rec.uri} is in the {rec.tier} tier, which needs a restore "
@@ -411,6 +472,9 @@ class CheckpointManager:
             target: Store = substore(self.store, step_dir(rec.step))
         else:
             target = open_store(rec.uri, storage_options=self.archive_storage_options)
+        if is_distributed_checkpoint(read_manifest(target).metadata):
+            tree = restore_distributed(target, objects or {}, rng=rng)
+            return {**tree, "_dcp": True}
         return load(target, map_location=map_location)
 
     @property
