@@ -56,7 +56,7 @@ from cloudckpt.chunking import leaf_info, plan_chunks, plan_objects
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidURI
 from cloudckpt.layout import MANIFEST_KEY, read_manifest
 from cloudckpt.manifest import ChunkRecord, Manifest, Segment, TensorRecord, encode_manifest
-from cloudckpt.reader import _allocate, _fetch_all, _plan_runs, _resolver
+from cloudckpt.reader import read_leaves
 from cloudckpt.storage import Store, open_store, parse_uri
 from cloudckpt.tree import Leaf, decode_tree, encode_tree
 from cloudckpt.writer import (
@@ -94,7 +94,30 @@ def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).removeprefix("torch.")
 
 
-class Writer(StorageWriter):
+class _Target:
+    """Where a Writer/Reader points: a URI (opened lazily, per call) or a given Store."""
+
+    def __init__(self, uri: str | os.PathLike[str] | Store | None,
+                 storage_options: Mapping[str, Any] | None) -> None:
+        self._given: Store | None = None if uri is None or isinstance(uri, (str, os.PathLike)) \
+            else uri
+        self.uri: str | None = self._given.uri if self._given is not None else (
+            None if uri is None else os.fspath(uri))  # type: ignore[arg-type]
+        self.storage_options = storage_options
+
+    def _store(self) -> Store:
+        if self._given is not None:
+            return self._given
+        if self.uri is None:
+            raise InvalidURI("no checkpoint URI: pass one to the constructor or as checkpoint_id")
+        return open_store(self.uri, storage_options=self.storage_options)
+
+    def _retarget(self, checkpoint_id: str | os.PathLike[str] | None) -> None:
+        if checkpoint_id is not None:
+            self.uri, self._given = os.fspath(checkpoint_id), None
+
+
+class Writer(_Target, StorageWriter):
     """Writes a DCP checkpoint to ``uri`` (any cloudckpt URI). ``overwrite`` replaces a
     committed checkpoint. Options as for :func:`cloudckpt.save`."""
 
@@ -104,12 +127,7 @@ class Writer(StorageWriter):
                  object_size: int = DEFAULT_OBJECT_SIZE,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  metadata: Mapping[str, Any] | None = None) -> None:
-        super().__init__()
-        self._given: Store | None = None if uri is None or isinstance(uri, (str, os.PathLike)) \
-            else uri
-        self.uri = self._given.uri if self._given is not None else (
-            None if uri is None else os.fspath(uri))  # type: ignore[arg-type]
-        self.storage_options = storage_options
+        _Target.__init__(self, uri, storage_options)
         self.compression, self.overwrite = compression, overwrite
         self.chunk_size, self.object_size = chunk_size, object_size
         self.memory_budget = memory_budget
@@ -117,16 +135,8 @@ class Writer(StorageWriter):
         self.save_id = uuid.uuid4().hex[:12]
         self.is_coordinator = False
 
-    def _store(self) -> Store:
-        if self._given is not None:
-            return self._given
-        if self.uri is None:
-            raise InvalidURI("no checkpoint URI: pass it to Writer() or as checkpoint_id")
-        return open_store(self.uri, storage_options=self.storage_options)
-
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        if checkpoint_id is not None:
-            self.uri, self._given = os.fspath(checkpoint_id), None
+        self._retarget(checkpoint_id)
         self.save_id = uuid.uuid4().hex[:12]
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
@@ -274,32 +284,19 @@ def _decode_metadata(d: Any) -> tuple[Metadata, dict[MetadataIndex, int]]:
         raise CorruptCheckpoint(f"invalid DCP metadata in manifest: {e}") from e
 
 
-class Reader(StorageReader):
+class Reader(_Target, StorageReader):
     """Reads a DCP checkpoint written by :class:`Writer`, verifying every chunk."""
 
     def __init__(self, uri: str | os.PathLike[str] | Store | None = None, *,
                  storage_options: Mapping[str, Any] | None = None, verify: bool = True,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
-        super().__init__()
-        self._given: Store | None = None if uri is None or isinstance(uri, (str, os.PathLike)) \
-            else uri
-        self.uri = self._given.uri if self._given is not None else (
-            None if uri is None else os.fspath(uri))  # type: ignore[arg-type]
-        self.storage_options = storage_options
+        _Target.__init__(self, uri, storage_options)
         self.verify, self.memory_budget = verify, memory_budget
         self._manifest: Manifest | None = None
         self._storage: dict[MetadataIndex, int] = {}
 
-    def _store(self) -> Store:
-        if self._given is not None:
-            return self._given
-        if self.uri is None:
-            raise InvalidURI("no checkpoint URI: pass it to Reader() or as checkpoint_id")
-        return open_store(self.uri, storage_options=self.storage_options)
-
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        if checkpoint_id is not None:
-            self.uri, self._given = os.fspath(checkpoint_id), None
+        self._retarget(checkpoint_id)
         self._manifest = None
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
@@ -337,18 +334,8 @@ class Reader(StorageReader):
         assert m is not None
         store = self._store()
         needed = sorted({self._lookup(item.storage_index) for item in plan.items})
-        values: dict[int, Any] = {}
-        jobs: dict[int, list[Any]] = {}
-        for ti in needed:
-            rec = m.tensors[ti]
-            value, view = _allocate(rec)
-            values[ti] = value
-            pos = 0
-            for seg in rec.segments:
-                jobs.setdefault(seg.chunk, []).append((view, seg.offset, seg.length, pos, rec.path))
-                pos += seg.length
-        _fetch_all(m, _plan_runs(m, set(jobs)), jobs, _resolver(store, self.storage_options),
-                   self.verify, self.memory_budget, None, store.uri)
+        values = read_leaves(m, needed, store, storage_options=self.storage_options,
+                             verify=self.verify, memory_budget=self.memory_budget)
         for item in plan.items:
             src = values[self._lookup(item.storage_index)]
             if item.type.name == "BYTE_IO":

@@ -12,7 +12,6 @@ import math
 import os
 import threading
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +23,12 @@ from cloudckpt.codecs import get_codec
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 from cloudckpt.layout import read_manifest
 from cloudckpt.manifest import Manifest, TensorRecord
+from cloudckpt.pool import run_bounded
 from cloudckpt.storage import Store, open_store
 from cloudckpt.storage.uri import StoreURI
 from cloudckpt.tree import decode_tree, leaf_indices, select
 
-__all__ = ["inspect", "load"]
+__all__ = ["inspect", "load", "read_leaves"]
 
 MiB = 1024 * 1024
 _SIBLING_PREFIX = "@"
@@ -155,10 +155,24 @@ def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
     for i in need:
         if i >= len(m.tensors):
             raise CorruptCheckpoint(f"{store.uri}: tree references leaf {i} of {len(m.tensors)}")
+    out = read_leaves(m, need, store, storage_options=storage_options, verify=verify,
+                      memory_budget=memory_budget, max_workers=max_workers)
+    return decode_tree(tree, lambda i: _place(out[i], m.tensors[i], map_location))
+
+
+def read_leaves(m: Manifest, indices: list[int], store: Store, *,
+                storage_options: Mapping[str, Any] | None = None, verify: bool = True,
+                memory_budget: int = 256 * MiB, max_workers: int | None = None) -> dict[int, Any]:
+    """Allocate the tensors/arrays numbered ``indices`` in ``m`` and fill them from ``store``
+    (ranged, parallel, verified). Shared by :func:`load` and :mod:`cloudckpt.dcp`.
+
+    Raises:
+        CorruptCheckpoint: as :func:`load`.
+    """
     out: dict[int, Any] = {}
-    # chunk -> [(dest view, offset in chunk, length, dest offset)]
+    # chunk -> [(dest view, offset in chunk, length, dest offset, tensor path)]
     jobs: dict[int, list[tuple[np.ndarray, int, int, int, str]]] = {}
-    for i in need:
+    for i in indices:
         rec = m.tensors[i]
         value, view = _allocate(rec)
         out[i] = value
@@ -166,11 +180,9 @@ def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
         for seg in rec.segments:
             jobs.setdefault(seg.chunk, []).append((view, seg.offset, seg.length, pos, rec.path))
             pos += seg.length
-    runs = _plan_runs(m, set(jobs))
-    _fetch_all(m, runs, jobs, _resolver(store, storage_options), verify, memory_budget,
-               max_workers, store.uri)
-    state = decode_tree(tree, lambda i: _place(out[i], m.tensors[i], map_location))
-    return state
+    _fetch_all(m, _plan_runs(m, set(jobs)), jobs, _resolver(store, storage_options), verify,
+               memory_budget, max_workers, store.uri)
+    return out
 
 
 def _place(value: Any, rec: TensorRecord, map_location: Any) -> Any:
@@ -190,8 +202,6 @@ def _fetch_all(m: Manifest, runs: list[_Run], jobs: dict[int, list[Any]], resolv
                verify: bool, memory_budget: int, max_workers: int | None, uri: str) -> None:
     biggest = max((r.end - r.start for r in runs), default=0)
     in_flight = max(1, memory_budget // max(1, 2 * biggest + MiB))
-    slots = threading.BoundedSemaphore(in_flight)
-    failure: list[BaseException] = []
 
     def task(run: _Run) -> None:
         st, key = resolve(run.ref)
@@ -205,21 +215,10 @@ def _fetch_all(m: Manifest, runs: list[_Run], jobs: dict[int, list[Any]], resolv
         for ci in run.chunk_ids:
             _decode_chunk(m, ci, mv, run.start, jobs[ci], verify, uri)
 
-    def done(f: Future[None]) -> None:
-        slots.release()
-        if f.exception() is not None:
-            failure.append(f.exception())  # type: ignore[arg-type]
-
-    workers = max(1, min(in_flight, max_workers or 8, len(runs) or 1))
-    with ThreadPoolExecutor(workers, thread_name_prefix="cloudckpt-load") as pool:
-        for run in runs:
-            slots.acquire()
-            if failure:
-                slots.release()
-                break
-            pool.submit(task, run).add_done_callback(done)
-    if failure:
-        raise failure[0]
+    workers = min(in_flight, max_workers or 8, len(runs) or 1)
+    err = run_bounded(task, runs, in_flight=in_flight, workers=workers, name="cloudckpt-load")
+    if err is not None:
+        raise err
 
 
 def _decode_chunk(m: Manifest, ci: int, mv: memoryview, base: int, jobs: list[Any],

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -31,6 +29,7 @@ from cloudckpt.codecs import check_compression, get_codec
 from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument, NotFound
 from cloudckpt.layout import MANIFEST_KEY, data_key, read_manifest
 from cloudckpt.manifest import ChunkRecord, Manifest, Segment, TensorRecord, encode_manifest
+from cloudckpt.pool import run_bounded
 from cloudckpt.storage import Store, open_store
 from cloudckpt.tree import Leaf, encode_tree
 
@@ -208,10 +207,8 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
     # HTTP client's buffers: budget three object sizes each
     in_flight = max(1, memory_budget // (3 * object_size))
     workers = max(1, min(in_flight, max_workers or 8, len(groups) or 1))
-    slots = threading.BoundedSemaphore(in_flight)
     results: list[list[ChunkRecord] | None] = [None] * len(groups)
     written: list[str] = []
-    failure: list[BaseException] = []
 
     def task(n: int) -> None:
         key = data_key(save_id, n)
@@ -237,20 +234,9 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
         written.append(key)
         results[n] = recs
 
-    def done(f: Future[None]) -> None:
-        slots.release()
-        if f.exception() is not None:
-            failure.append(f.exception())  # type: ignore[arg-type]
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="cloudckpt-save") as pool:
-        for n in range(len(groups)):
-            slots.acquire()
-            if failure:
-                slots.release()
-                break
-            pool.submit(task, n).add_done_callback(done)
-    if failure:
-        err = failure[0]
+    err = run_bounded(task, range(len(groups)), in_flight=in_flight, workers=workers,
+                      name="cloudckpt-save")
+    if err is not None:
         if isinstance(err, Exception):  # a real crash (BaseException) cleans nothing up
             _cleanup(store, written)
         raise err

@@ -19,6 +19,7 @@ from cloudckpt.cli.targets import checkpoint_store
 from cloudckpt.errors import InvalidArgument
 from cloudckpt.manager.state import FORMAT as TRAINING_FORMAT
 from cloudckpt.reader import load
+from cloudckpt.storage.local import fsync_path
 from cloudckpt.writer import save
 
 __all__ = ["register"]
@@ -77,14 +78,6 @@ def _inference_view(state: Any) -> Any:
     return state
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tensors_for_safetensors(state: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
     flat = flatten(state)
     tensors: dict[str, torch.Tensor] = {}
@@ -116,13 +109,13 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard: i
                                   "OUT to write a sharded set")
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(out), metadata={"format": "pt"})
-        _fsync_file(out)
+        fsync_path(out)
         return [out]
     out.mkdir(parents=True, exist_ok=True)
     if total <= max_shard:
         path = out / "model.safetensors"
         save_file(tensors, str(path), metadata={"format": "pt"})
-        _fsync_file(path)
+        fsync_path(path)
         return [path]
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -137,7 +130,7 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard: i
     for i, shard in enumerate(shards, 1):
         path = out / f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(path), metadata={"format": "pt"})
-        _fsync_file(path)
+        fsync_path(path)
         paths.append(path)
         weight_map.update({name: path.name for name in shard})
     index = out / "model.safetensors.index.json"

@@ -19,9 +19,9 @@ import builtins
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ObjectInfo", "PendingUpload", "Store", "Upload"]
+__all__ = ["ObjectInfo", "PendingUpload", "Store", "StoreWrapper", "Upload"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,34 @@ class Store(Protocol):
 
     def abort_pending_upload(self, pending: PendingUpload) -> None:
         """Abort one pending upload found by ``list_pending_uploads``."""
+
+
+class StoreWrapper:
+    """Base of stores that wrap another (retries, faults, prefixes): delegates the identity
+    properties and any attribute it does not define (``fs``, ``parsed_uri``...) to ``inner``."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy/pickle): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+    @property
+    def uri(self) -> str:
+        return self.inner.uri
+
+    @property
+    def protocol(self) -> str:
+        return self.inner.protocol
+
+    @property
+    def min_part_size(self) -> int:
+        return self.inner.min_part_size
 
 
 def iter_parts(chunks: Iterable[bytes | memoryview], part_size: int) -> Iterable[bytes]:

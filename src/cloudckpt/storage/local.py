@@ -22,7 +22,7 @@ from cloudckpt.errors import AlreadyExists, UnsupportedOperation
 from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
 from cloudckpt.storage.common import generic_object_info
 
-__all__ = ["LocalBackend", "MemoryBackend"]
+__all__ = ["LocalBackend", "MemoryBackend", "fsync_path"]
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.cloudckpt-tmp-(?P<id>[0-9a-f]{32})$")
 
@@ -32,7 +32,8 @@ def _tmp_path(path: str) -> str:
     return os.path.join(head, f".{name}.cloudckpt-tmp-{uuid.uuid4().hex}")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a directory by path (durability of local writes and renames)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -53,7 +54,7 @@ def _publish(tmp: str, path: str, create_only: bool) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    _fsync_dir(os.path.dirname(path))
+    fsync_path(os.path.dirname(path))
 
 
 class _LocalUpload:

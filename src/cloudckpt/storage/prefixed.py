@@ -6,23 +6,19 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, Upload
+from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, StoreWrapper, Upload
 from cloudckpt.storage.uri import StoreURI, validate_key
 
 __all__ = ["PrefixedStore", "substore"]
 
 
-class PrefixedStore:
+class PrefixedStore(StoreWrapper):
     """See the module docstring. Thread-safe if the parent is."""
 
     def __init__(self, inner: Store, prefix: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.prefix = validate_key(prefix.strip("/"))
-
-    def __repr__(self) -> str:
-        return f"PrefixedStore({self.uri!r})"
 
     def _k(self, key: str) -> str:
         return f"{self.prefix}/{validate_key(key)}"
@@ -38,17 +34,6 @@ class PrefixedStore:
     def parsed_uri(self) -> StoreURI | None:
         parent: StoreURI | None = getattr(self.inner, "parsed_uri", None)
         return parent.child(self.prefix) if parent is not None else None
-
-    @property
-    def protocol(self) -> str:
-        return self.inner.protocol
-
-    @property
-    def min_part_size(self) -> int:
-        return self.inner.min_part_size
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False,
             storage_class: str | None = None) -> None:

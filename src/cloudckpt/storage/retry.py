@@ -16,12 +16,12 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from cloudckpt.errors import AlreadyExists, InvalidArgument, TransientStorageError
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, Upload
+from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, StoreWrapper, Upload
 from cloudckpt.storage.translate import is_transient
 
 __all__ = ["RetryPolicy", "RetryingStore"]
@@ -114,33 +114,15 @@ class _RetryingUpload:
         self._policy.call(self._inner.abort, f"abort of upload {self._uri}")
 
 
-class RetryingStore:
+class RetryingStore(StoreWrapper):
     """Applies a :class:`RetryPolicy` to every call of an inner store (thread-safe if the
     inner store is). Create-only writes stay exactly-once: when a retry of an attempt whose
     outcome was unknown finds the object present, it reads it back and succeeds only if the
     stored bytes are ours."""
 
     def __init__(self, inner: Store, policy: RetryPolicy | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.policy = policy or RetryPolicy()
-
-    def __getattr__(self, name: str) -> Any:  # parsed_uri, storage_classes, fs, ...
-        return getattr(self.inner, name)
-
-    def __repr__(self) -> str:
-        return f"RetryingStore({self.inner!r})"
-
-    @property
-    def uri(self) -> str:
-        return self.inner.uri
-
-    @property
-    def protocol(self) -> str:
-        return self.inner.protocol
-
-    @property
-    def min_part_size(self) -> int:
-        return self.inner.min_part_size
 
     def _u(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"

@@ -12,10 +12,10 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cloudckpt.errors import AccessDenied, TransientStorageError
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, Upload
+from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, StoreWrapper, Upload
 
 __all__ = ["FaultPlan", "FaultyStore", "SimulatedCrash"]
 
@@ -56,32 +56,17 @@ class FaultPlan:
         object.__setattr__(self, "_rng", random.Random(self.seed))
 
 
-class FaultyStore:
+class FaultyStore(StoreWrapper):
     """Wraps a store; see :class:`FaultPlan`. ``calls`` records ``(index, op, key)`` of every
     counted call; ``injected`` counts the failures raised. Thread-safe."""
 
     def __init__(self, inner: Store, plan: FaultPlan | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.plan = plan or FaultPlan()
         self.calls: list[tuple[int, str, str]] = []
         self.injected = 0
         self.crashed = False
         self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def uri(self) -> str:
-        return self.inner.uri
-
-    @property
-    def protocol(self) -> str:
-        return self.inner.protocol
-
-    @property
-    def min_part_size(self) -> int:
-        return self.inner.min_part_size
 
     def _run(self, op: str, key: str, fn: Callable[[], T]) -> T:
         plan = self.plan
