@@ -29,10 +29,11 @@ from cloudckpt.layout import delete_checkpoint, read_manifest
 from cloudckpt.manager.archive import ArchivePolicy, archive_checkpoint, needs_rehydration
 from cloudckpt.manager.background import BackgroundSaver
 from cloudckpt.manager.distributed import (
+    choose_step_collectively,
     is_distributed,
     is_distributed_checkpoint,
     restore_distributed,
-    save_distributed,
+    save_step_distributed,
     split_objects,
 )
 from cloudckpt.manager.gc import GCReport, collect_garbage
@@ -232,8 +233,8 @@ class CheckpointManager:
         mets = {k: float(v) for k, v in (metrics or {}).items()}
         history = [*self._history, (step, mets)]
         if is_distributed():
-            self._save_distributed(step, objects, epoch=epoch, metrics=mets, history=history,
-                                   extra=extra, blocking=blocking)
+            save_step_distributed(self, step, objects, epoch=epoch, metrics=mets,
+                                  history=history, extra=extra, blocking=blocking)
             return None
         tree, leaves = encode_tree(
             capture(step, objects, epoch=epoch, metrics=mets,
@@ -260,32 +261,6 @@ class CheckpointManager:
         staged = self._stager.stage(leaves)
         self._background.submit(lambda: commit(staged), f"step {step} to {self.uri}")
         return None
-
-    def _save_distributed(self, step: int, objects: Mapping[str, Any], *, epoch: int | None,
-                          metrics: dict[str, float], history: list[tuple[int, dict[str, float]]],
-                          extra: Mapping[str, Any] | None, blocking: bool) -> None:
-        """Collective save on every rank (see :mod:`cloudckpt.manager.distributed`)."""
-        import torch.distributed as dist
-
-        if not blocking:
-            log.warning("distributed saves are blocking (DCP collectives); saving step %d now",
-                        step)
-        _dcp_objs, rest = split_objects(objects)
-        tree = capture(step, rest, epoch=epoch, metrics=metrics,
-                       history=[[s, m] for s, m in history], extra=extra, rng=False)
-        meta = {META_KEY: {"step": step, "epoch": epoch,
-                           "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
-                           "time": self.clock()}}
-        save_distributed(substore(self.store, step_dir(step)), step, objects, tree, meta,
-                         self.compression)
-        self._history = history
-        if dist.get_rank() == 0:
-            log.info("committed step %d to %s (%d ranks)", step, self.uri, dist.get_world_size())
-            try:
-                self.apply_retention()
-            except CloudckptError as e:
-                log.warning("retention after step %d failed (will retry): %s", step, e)
-        dist.barrier()
 
     def wait(self, timeout: float | None = None) -> SaveInfo | None:
         """Wait for the in-flight background save; return its :class:`SaveInfo` (``None`` if
@@ -387,7 +362,10 @@ class CheckpointManager:
             RehydrationRequired: it lies in an archive tier that needs a restore first.
         """
         if is_distributed() and not _collective:
-            return self._restore_distributed(step, rng=rng, strict=strict, objects=objects)
+            chosen = choose_step_collectively(self, step)
+            if chosen is None:
+                return None
+            return self.restore(chosen, rng=rng, strict=strict, _collective=True, **objects)
         listing = self.index.scan()
         records = self.index.records(listing)
         by_step = {r.step: r for r in records}
@@ -441,24 +419,6 @@ class CheckpointManager:
                                  best_metric=best_val, extra=dict(tree.get("extra") or {}),
                                  uri=rec.uri)
         raise CorruptCheckpoint(f"no intact checkpoint under {self.uri}; tried steps {skipped}")
-
-    def _restore_distributed(self, step: int | str, *, rng: bool, strict: bool,
-                             objects: Mapping[str, Any]) -> TrainingState | None:
-        """Every rank restores the step the coordinator chose (no fallback across ranks)."""
-        import torch.distributed as dist
-
-        chosen: list[Any] = [None]
-        if dist.get_rank() == 0:
-            if step == "latest":
-                chosen[0] = self.latest()
-            elif step == "best":
-                chosen[0] = self.best()
-            else:
-                chosen[0] = step
-        dist.broadcast_object_list(chosen, src=0)
-        if chosen[0] is None:
-            return None
-        return self.restore(int(chosen[0]), rng=rng, strict=strict, _collective=True, **objects)
 
     def _load(self, rec: CheckpointRecord, map_location: Any,
               objects: Mapping[str, Any] | None = None, rng: bool = True) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +33,18 @@ from cloudckpt.manager.state import FORMAT, capture_rng, restore_rng
 from cloudckpt.tree import decode_tree, encode_tree
 
 if TYPE_CHECKING:
+    from cloudckpt.manager.core import CheckpointManager
     from cloudckpt.storage import Store
 
-__all__ = ["is_distributed", "is_distributed_checkpoint", "restore_distributed", "save_distributed",
-           "split_objects"]
+__all__ = [
+    "choose_step_collectively",
+    "is_distributed",
+    "is_distributed_checkpoint",
+    "restore_distributed",
+    "save_distributed",
+    "save_step_distributed",
+    "split_objects",
+]
 
 META_KEY = "cloudckpt.manager.dist"
 
@@ -181,3 +190,47 @@ def restore_distributed(store: Store, objects: Mapping[str, Any], *, rng: bool) 
     if rng and rng_key in target:
         _restore_rng_blob(target[rng_key])
     return tree
+
+
+def save_step_distributed(mgr: CheckpointManager, step: int, objects: Mapping[str, Any], *,
+                          epoch: int | None, metrics: dict[str, float],
+                          history: list[tuple[int, dict[str, float]]],
+                          extra: Mapping[str, Any] | None, blocking: bool) -> None:
+    """``mgr.save`` on every rank: collective DCP save, then retention on the coordinator."""
+    import math
+
+    from cloudckpt.errors import CloudckptError
+    from cloudckpt.manager.index import META_KEY as INDEX_META_KEY
+    from cloudckpt.manager.index import step_dir
+    from cloudckpt.manager.state import capture
+    from cloudckpt.storage import substore
+
+    log = logging.getLogger("cloudckpt.manager")
+    if not blocking:
+        log.warning("distributed saves are blocking (DCP collectives); saving step %d now", step)
+    _dcp_objs, rest = _split_objects(objects)
+    tree = capture(step, rest, epoch=epoch, metrics=metrics,
+                   history=[[s, m] for s, m in history], extra=extra, rng=False)
+    meta = {INDEX_META_KEY: {"step": step, "epoch": epoch,
+                             "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
+                             "time": mgr.clock()}}
+    save_distributed(substore(mgr.store, step_dir(step)), step, objects, tree, meta,
+                     mgr.compression)
+    mgr.metrics_history = history
+    if dist.get_rank() == 0:
+        log.info("committed step %d to %s (%d ranks)", step, mgr.uri, dist.get_world_size())
+        try:
+            mgr.apply_retention()
+        except CloudckptError as e:
+            log.warning("retention after step %d failed (will retry): %s", step, e)
+    dist.barrier()
+
+
+def choose_step_collectively(mgr: CheckpointManager, step: int | str) -> int | None:
+    """The coordinator resolves ``"latest"``/``"best"``/an int and broadcasts it, so every
+    rank restores the same step (no fallback across ranks)."""
+    chosen: list[Any] = [None]
+    if dist.get_rank() == 0:
+        chosen[0] = mgr.latest() if step == "latest" else mgr.best() if step == "best" else step
+    dist.broadcast_object_list(chosen, src=0)
+    return None if chosen[0] is None else int(chosen[0])
