@@ -106,10 +106,15 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
                                 init_method=f"tcp://127.0.0.1:{port}")
     try:
         model = _mlp()
+        if mode.endswith("-fsdp2") and world > 1:  # parameters become sharded DTensors
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
         mgr = CheckpointManager(uri, keep_last=2, storage_options=opts)
-        if mode == "save":
+        if mode.startswith("save"):
             g = torch.Generator().manual_seed(1)
             for _ in range(3):
                 x = torch.randn(8, 16, generator=g)
@@ -123,9 +128,12 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
         else:
             st = mgr.restore(model=model, optimizer=opt, scheduler=sched)
             assert st is not None
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            osd = get_optimizer_state_dict(model, opt)
             result = {"digest": digest(model), "last_epoch": sched.last_epoch, "step": st.step,
                       "extra": st.extra, "opt_steps": sorted(
-                          float(s["step"]) for s in opt.state_dict()["state"].values())}
+                          float(s["step"]) for s in osd["state"].values())}
         with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
             f.write(json.dumps(result, sort_keys=True))
     finally:

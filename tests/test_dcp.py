@@ -72,19 +72,24 @@ def _spawn_job(fn, world: int, mode: str, uri: str, opts: dict, tmp_path) -> lis
     return [json.loads((out / f"rank{r}.txt").read_text()) for r in range(world)]
 
 
-@pytest.mark.parametrize("backend", ["local", "s3"])
-def test_manager_uses_dcp_on_two_ranks_and_restores_anywhere(backend: str, emus, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("backend", "sharding"), [("local", "ddp"), ("s3", "ddp"),
+                                                   ("local", "fsdp2")])
+def test_manager_uses_dcp_on_two_ranks_and_restores_anywhere(backend: str, sharding: str,  # type: ignore[no-untyped-def]
+                                                             emus, tmp_path) -> None:
     f = StoreFactory(backend, emus, tmp_path)
     uri = f.uri("run")
-    saved = _spawn_job(dist_worker.manager_job, 2, "save", uri, f.options, tmp_path)
+    suffix = "-fsdp2" if sharding == "fsdp2" else ""
+    saved = _spawn_job(dist_worker.manager_job, 2, "save" + suffix, uri, f.options, tmp_path)
     assert saved[0]["digest"] == saved[1]["digest"]
     m = cloudckpt.inspect(f"{uri}/step-{3:012d}", storage_options=f.options)
     assert "cloudckpt.dcp" in m.metadata and "cloudckpt.manager.dist" in m.metadata
     fqns = [t.path.split("@")[0] for t in m.tensors]
-    assert fqns.count("objects.model.0.weight") == 1  # replicated state written once
+    # replicated (DDP) state is written once; FSDP2 writes one shard per rank
+    assert fqns.count("objects.model.0.weight") == (2 if sharding == "fsdp2" else 1)
     assert {f"rng.rank{r}" for r in range(2)} <= set(fqns)  # per-rank RNG kept
     for world in (2, 1):
-        restored = _spawn_job(dist_worker.manager_job, world, "restore", uri, f.options, tmp_path)
+        restored = _spawn_job(dist_worker.manager_job, world, "restore" + suffix, uri, f.options,
+                              tmp_path)
         for r in restored:
             assert r["digest"] == saved[0]["digest"]
             assert r["step"] == 3 and r["last_epoch"] == saved[0]["last_epoch"]

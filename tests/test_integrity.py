@@ -179,3 +179,23 @@ def test_unknown_versions_fields_and_codecs_are_rejected(tmp_path) -> None:  # t
     _forge(uri, lambda d: d["chunks"][0].__setitem__(4, "lz77"))
     with pytest.raises(CorruptCheckpoint, match="unknown codec"):
         cloudckpt.load(uri)
+
+
+def test_chunks_may_reference_a_sibling_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The hook for incremental saves: a manifest may point at objects of a sibling."""
+    state = {"w": torch.randn(5000), "step": 1}
+    cloudckpt.save(state, tmp_path / "run" / "a")
+
+    a_chunks = cloudckpt.inspect(tmp_path / "run" / "a").chunks
+
+    def borrow(d: dict) -> None:  # same state, same chunking: point b at a's objects
+        for c, rec in zip(d["chunks"], a_chunks, strict=True):
+            c[0] = f"@a/{rec.object}"
+
+    cloudckpt.save(state, tmp_path / "run" / "b")
+    _forge(str(tmp_path / "run" / "b"), borrow)
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "b" / "data")  # b owns no data: it reads a's objects
+    out = cloudckpt.load(tmp_path / "run" / "b")
+    assert torch.equal(out["w"], state["w"]) and out["step"] == 1
