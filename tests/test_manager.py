@@ -238,3 +238,11 @@ def test_gc_reclaims_orphans_after_grace(tmp_path) -> None:  # type: ignore[no-u
     assert not root.exists(f"{step_dir(2)}/data/dead/000000.bin")
     assert mgr.steps() == [1]
     mgr.restore(model=_tiny(0))
+
+
+def test_manifest_cache_follows_retention(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mgr = CheckpointManager(tmp_path / "run", keep_last=2)
+    for s in range(1, 8):
+        mgr.save(s, model=_tiny(s), rng=False)
+    mgr.checkpoints()
+    assert len(mgr.index._cache) == 2  # only the live checkpoints' manifests are held

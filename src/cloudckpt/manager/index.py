@@ -9,7 +9,8 @@ Under a run root::
 
 Only a validated manifest makes a checkpoint exist. Summaries come from each manifest's
 metadata (written by the manager at save time); parsed manifests are cached per manager by
-(key, etag), so a listing costs one LIST plus one GET per *new* checkpoint.
+(key, etag), so a listing costs one LIST plus one GET per *new* checkpoint; entries for
+checkpoints no longer listed are dropped, so the cache stays as large as the run.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class RunIndex:
                     tier=d.get("tier"), pinned=step in lst.pinned)
             except (CloudckptError, ValueError, KeyError, TypeError):
                 continue
+        live = {(info.key, info.etag) for info in lst.committed.values()}
+        with self._lock:  # forget manifests of deleted or rewritten checkpoints
+            for stale in [k for k in self._cache if k not in live]:
+                del self._cache[stale]
         root = self.store.uri.rstrip("/")
         for step, info in lst.committed.items():
             m = self.manifest(step, info)
