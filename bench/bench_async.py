@@ -69,12 +69,16 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from typing import Any
+
+import workers
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "cloudckpt-bench"
-CREDS = {"key": "testing", "secret": "testing"}
+CREDS = workers.CREDS
 HIDDEN = 4096
 WORKER_TIMEOUT_S = 3600
 
@@ -365,7 +369,7 @@ def run_contention(job: dict[str, Any]) -> dict[str, Any]:
            json.dumps({"kind": "save_once", "size_mib": job["size_mib"],
                        "uri": str(loc / "process")})]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=worker_env())
+                            env=workers.worker_env())
     assert proc.stdin is not None and proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     proc.stdin.write("go\n")
@@ -403,26 +407,9 @@ def worker_main(spec: str) -> int:
     return 0
 
 
-def worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("AWS_PROFILE", None)
-    env.update(AWS_ACCESS_KEY_ID=CREDS["key"], AWS_SECRET_ACCESS_KEY=CREDS["secret"],
-               AWS_EC2_METADATA_DISABLED="true", PYTHONUNBUFFERED="1")
-    return env
-
-
 def run_worker(job: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
-                              env=worker_env(), check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker timed out after {WORKER_TIMEOUT_S} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": f"worker exit {proc.returncode}: {proc.stderr.strip()[-1500:]}"}
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    """Run ``job`` in a fresh interpreter (see bench/workers.py)."""
+    return workers.run_worker(__file__, job, WORKER_TIMEOUT_S)
 
 
 # --------------------------------------------------------------------------------------------

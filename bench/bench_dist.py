@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -49,17 +48,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cloudckpt.testing import emulators
+
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
 WRITERS = ("cloudckpt", "cloudckpt-none", "dcp-fs")
 WORLDS = (1, 2, 4)
 TIMEOUT_S = 900
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_writer(name: str, loc: str) -> Any:
@@ -116,7 +111,7 @@ def rank_main(rank: int, world: int, port: int, job: dict[str, Any]) -> None:
 def run_one(world: int, job: dict[str, Any]) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
-    port = free_port()
+    port = emulators.free_port()
     result = Path(job["result"])
     result.unlink(missing_ok=True)
     t0 = time.perf_counter()
