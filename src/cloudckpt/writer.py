@@ -26,7 +26,7 @@ import xxhash
 from cloudckpt._version import __version__ as _version
 from cloudckpt.chunking import ChunkPlan, leaf_info, plan_chunks, plan_objects
 from cloudckpt.codecs import check_compression, get_codec
-from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument, NotFound
+from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument
 from cloudckpt.layout import MANIFEST_KEY, data_key, read_manifest
 from cloudckpt.manifest import ChunkRecord, Manifest, Segment, TensorRecord, encode_manifest
 from cloudckpt.pool import run_bounded
@@ -189,7 +189,7 @@ def _previous(store: Store, overwrite: bool) -> Manifest | None:
                             "to replace it")
     try:
         return read_manifest(store)
-    except (CloudckptError, NotFound):
+    except CloudckptError:  # an unreadable old manifest: nothing to clean up after
         return None
 
 

@@ -452,7 +452,6 @@ class CheckpointManager:
         records = [r for r in self.checkpoints() if r.location == "hot" and r.tier is None]
         doomed = plan_retention(self._summaries(records), self.retention, self.clock(),
                                 metric=self.metric, mode=self.mode)
-        # never drop the overall best/latest even if only archived copies compete
         for s in doomed:
             if self.archive_policy is not None:
                 archive_checkpoint(self, s, self.archive_policy)
