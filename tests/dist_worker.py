@@ -14,6 +14,17 @@ import torch.distributed.checkpoint as dcp
 SHAPES = {"w": (24, 8), "m": (8, 12), "b": (8,), "ddp": (5, 5)}
 
 
+def _exit_cleanly() -> None:
+    """End a spawned rank once its result file is written: skip interpreter finalization, where
+    torch's gloo stack can abort ("terminate called without an active exception") while its
+    C++ threads wind down. Exit status 0 still tells the parent this rank finished."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def global_tensors() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(42)
     return {k: torch.randn(*s, generator=g) for k, s in SHAPES.items()}
@@ -71,6 +82,7 @@ def run(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str, o
             f.write(result)
     finally:
         dist.destroy_process_group()
+    _exit_cleanly()
 
 
 def _mlp() -> torch.nn.Module:
@@ -139,3 +151,4 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
     finally:
         if world > 1:
             dist.destroy_process_group()
+    _exit_cleanly()
