@@ -60,14 +60,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -661,17 +659,6 @@ def run_contention_target(args: argparse.Namespace,
             "summary": summ, "records": recs}, "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    import cloudckpt
-
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "cloudckpt": cloudckpt.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--target", choices=("local", "s3", "soak", "contention"), default="local")
@@ -706,12 +693,7 @@ def main(argv: list[str] | None = None) -> int:
             result, table = run_loops(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["machine"] = machine()
-    result["argv"] = sys.argv
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    workers.report(result, table, args.out)
     return 0
 
 

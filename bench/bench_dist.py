@@ -39,16 +39,17 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from cloudckpt.testing import emulators
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workers
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
@@ -220,17 +221,6 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    import cloudckpt
-
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "cloudckpt": cloudckpt.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--size-mib", type=int, default=1024, help="fp32 size of the whole state")
@@ -253,13 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     rows = summarize(records)
     table = markdown(rows, args)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"size_mib": args.size_mib, "repeats": args.repeats,
-                                        "elapsed_s": time.perf_counter() - t0, "summary": rows,
-                                        "records": records, "machine": machine(),
-                                        "argv": sys.argv}, indent=1) + "\n")
+    workers.report({"size_mib": args.size_mib, "repeats": args.repeats,
+                    "elapsed_s": time.perf_counter() - t0, "summary": rows, "records": records},
+                   table, args.out)
     return 0
 
 

@@ -48,7 +48,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -56,7 +55,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -631,18 +629,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def machine() -> dict[str, Any]:
-    import safetensors
-    import torch
-
-    import cloudckpt
-
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "safetensors": safetensors.__version__, "cloudckpt": cloudckpt.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
 def run_storage_target(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], str]:
     target = args.target
     methods = (args.methods.split(",") if args.methods
@@ -691,12 +677,9 @@ def main(argv: list[str] | None = None) -> int:
             result, table = run_storage_target(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result["machine"] = machine()
-    result["argv"] = sys.argv
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    import safetensors
+
+    workers.report(result, table, args.out, safetensors=safetensors.__version__)
     return 0
 
 

@@ -36,3 +36,28 @@ def run_worker(script: str | Path, job: dict[str, Any], timeout: float) -> dict[
         return {"error": f"worker exit {proc.returncode}: {proc.stderr.strip()[-1500:]}"}
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+def machine(**versions: str) -> dict[str, Any]:
+    """What the figures were measured on (plus any extra library ``versions``)."""
+    import platform
+    from datetime import datetime, timezone
+
+    import torch
+
+    import cloudckpt
+
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "cloudckpt": cloudckpt.__version__, **versions,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def report(result: dict[str, Any], table: str, out: Path | None, **versions: str) -> None:
+    """Print the markdown ``table`` and write ``result`` (with machine and argv) to ``out``."""
+    result["machine"] = machine(**versions)
+    result["argv"] = sys.argv
+    print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
