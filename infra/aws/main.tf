@@ -345,10 +345,8 @@ resource "aws_s3_bucket_policy" "access_logs" {
   depends_on = [aws_s3_bucket_public_access_block.access_logs]
 }
 
-# ---------------------------------------------------------------------------------------------
-# Trainer: what a training node running CheckpointManager(..., keep_last=None) needs.
-# ---------------------------------------------------------------------------------------------
-data "aws_iam_policy_document" "trainer" {
+# Shared by both roles: list the run prefix and in-flight uploads, use the bucket's KMS key.
+data "aws_iam_policy_document" "run_base" {
   # LIST under the run prefix only. s3:prefix also governs whether a GET/HEAD of a missing
   # key returns 404 (what cloudckpt's exists()/NotFound rely on) instead of 403: S3 evaluates
   # s3:ListBucket with the object key as the prefix for that decision.
@@ -372,6 +370,24 @@ data "aws_iam_policy_document" "trainer" {
   }
 
   statement {
+    sid       = "UseCheckpointKeyThroughS3"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [aws_kms_key.checkpoints.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.s3_endpoint]
+    }
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Trainer: what a training node running CheckpointManager(..., keep_last=None) needs.
+# ---------------------------------------------------------------------------------------------
+data "aws_iam_policy_document" "trainer" {
+  source_policy_documents = [data.aws_iam_policy_document.run_base.json]
+
+  statement {
     sid = "ReadRunObjects"
     actions = [
       "s3:GetObject", # GET, ranged GET, HEAD
@@ -393,17 +409,6 @@ data "aws_iam_policy_document" "trainer" {
       values   = var.trainer_storage_classes
     }
   }
-
-  statement {
-    sid       = "UseCheckpointKeyThroughS3"
-    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
-    resources = [aws_kms_key.checkpoints.arn]
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = [local.s3_endpoint]
-    }
-  }
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -411,22 +416,7 @@ data "aws_iam_policy_document" "trainer" {
 # storage-class changes; still cannot delete object versions or touch bucket configuration.
 # ---------------------------------------------------------------------------------------------
 data "aws_iam_policy_document" "janitor" {
-  statement {
-    sid       = "ListRunPrefix"
-    actions   = ["s3:ListBucket"]
-    resources = [local.bucket_arn]
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["${var.run_prefix}*"]
-    }
-  }
-
-  statement {
-    sid       = "ListMultipartUploads"
-    actions   = ["s3:ListBucketMultipartUploads"]
-    resources = [local.bucket_arn]
-  }
+  source_policy_documents = [data.aws_iam_policy_document.run_base.json]
 
   statement {
     sid = "ManageRunObjects"
@@ -450,17 +440,6 @@ data "aws_iam_policy_document" "janitor" {
       test     = "StringEqualsIfExists"
       variable = "s3:x-amz-storage-class"
       values   = var.janitor_storage_classes
-    }
-  }
-
-  statement {
-    sid       = "UseCheckpointKeyThroughS3"
-    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
-    resources = [aws_kms_key.checkpoints.arn]
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = [local.s3_endpoint]
     }
   }
 }
