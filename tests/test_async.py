@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from cloudckpt import CheckpointManager
 from cloudckpt.demo import train
 from cloudckpt.errors import AccessDenied, InvalidArgument
 from cloudckpt.storage import open_store
+from cloudckpt.storage.base import StoreWrapper
 from cloudckpt.testing import FaultPlan, FaultyStore
 from tests.conftest import StoreFactory
 from tests.helpers import assert_same
@@ -91,13 +94,29 @@ def test_background_failure_surfaces_and_commits_nothing(tmp_path) -> None:  # t
     mgr2.wait()  # raised once only
 
 
-def test_skip_policy_and_context_manager(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    big = {"w": torch.randn(4_000_000)}
-    with CheckpointManager(tmp_path / "run", blocking=False, when_busy="skip") as mgr:
-        mgr.save(1, **{"model": torch.nn.ParameterDict({"w": torch.nn.Parameter(big["w"])})})
-        skipped = mgr.save(2, model=_model())  # first is almost surely still in flight
-    assert mgr.steps() in ([1], [1, 2])
-    assert skipped is None
+class _GatedStore(StoreWrapper):
+    """Writes wait until ``gate`` is set: keeps a background save provably in flight."""
+
+    def __init__(self, inner, gate: threading.Event) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(inner)
+        self.gate = gate
+
+    def put(self, key, data, **kw) -> None:  # type: ignore[no-untyped-def]
+        assert self.gate.wait(60), "gate never opened"
+        self.inner.put(key, data, **kw)
+
+
+def test_skip_policy_and_context_manager(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    gate = threading.Event()
+    store = _GatedStore(open_store(tmp_path / "run"), gate)
+    with caplog.at_level(logging.WARNING, logger="cloudckpt.manager"), \
+            CheckpointManager(store, blocking=False, when_busy="skip") as mgr:
+        assert mgr.save(1, model=_model(1)) is None  # in flight, held at the gate
+        assert mgr.save(2, model=_model(2)) is None  # skipped, not queued
+        gate.set()
+    # leaving the context waited for step 1
+    assert mgr.steps() == [1]
+    assert "skipping the save of step 2" in caplog.text
     with pytest.raises(InvalidArgument):
         CheckpointManager(tmp_path / "x", when_busy="drop")
 
