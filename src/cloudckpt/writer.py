@@ -109,7 +109,6 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
         InvalidArgument: bad sizes, compression or metadata.
         StorageError and subclasses: the store failed; nothing was committed.
     """
-    check_compression(compression)
     tree, leaves = encode_tree(state)
     return write_encoded(tree, leaves, uri, compression=compression,
                          storage_options=storage_options, metadata=metadata, overwrite=overwrite,
