@@ -1,7 +1,7 @@
 """Where cloudckpt spends a local save and load: per-phase thread-seconds, in one process.
 
-Wraps (at run time, without touching the package) the functions ``cloudckpt.writer`` and
-``cloudckpt.reader`` call for each chunk: codec encode/decode, xxh3 checksums, store
+Wraps (at run time, without touching the package) the functions ``cloudckpt.engine.writer`` and
+``cloudckpt.engine.reader`` call for each chunk: codec encode/decode, xxh3 checksums, store
 put/get and tensor allocation. Each wrapped call adds its wall time and its thread CPU time
 (``[cpu]``) to its phase, summed over the worker threads: wall sums exceed the run's wall time
 when threads wait for the 2 vCPUs or the GIL; CPU sums say what the work itself costs.
@@ -81,7 +81,7 @@ class _TimedXxhash:
 
 @contextmanager
 def instrumented(phases: Phases) -> Iterator[None]:
-    from cloudckpt import reader, writer
+    from cloudckpt.engine import reader, writer
 
     saved = {(reader, "get_codec"): reader.get_codec, (writer, "get_codec"): writer.get_codec,
              (reader, "open_store"): reader.open_store, (writer, "open_store"): writer.open_store,

@@ -124,3 +124,19 @@ def store(stores: StoreFactory) -> Store:
 @pytest.fixture(params=CLOUDS)
 def cloud_stores(request: pytest.FixtureRequest, emus: Emulators, tmp_path: Path) -> StoreFactory:
     return StoreFactory(str(request.param), emus, tmp_path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``emulator`` every test that needs a storage emulator or runs whole systems:
+    everything under tests/system/, and any test on a cloud backend or using the emulators
+    directly. ``pytest -m "not emulator"`` then runs the fast unit layer alone."""
+    system = PROJECT / "tests" / "system"
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names = set(getattr(item, "fixturenames", ()))
+        direct = set(getattr(getattr(item, "function", None), "__code__", None).co_varnames
+                     if hasattr(item, "function") else ())
+        if (system in Path(str(item.fspath)).parents or params.get("backend") in CLOUDS
+                or "cloud_stores" in names or "emus" in direct
+                or any(p in CLOUDS for p in params.values() if isinstance(p, str))):
+            item.add_marker(pytest.mark.emulator)

@@ -32,9 +32,9 @@ __all__ = [
     "open_store",
 ]
 
+from cloudckpt.engine.reader import inspect, load
+from cloudckpt.engine.writer import SaveInfo, save
 from cloudckpt.manager import ArchivePolicy, CheckpointManager, TrainingState
-from cloudckpt.reader import inspect, load
-from cloudckpt.writer import SaveInfo, save
 
 __all__ += ["ArchivePolicy", "CheckpointManager", "SaveInfo", "TrainingState", "inspect", "load",
             "save"]

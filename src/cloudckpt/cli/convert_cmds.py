@@ -16,11 +16,11 @@ import torch
 from cloudckpt.cli.inspect_cmds import flatten
 from cloudckpt.cli.output import human
 from cloudckpt.cli.targets import checkpoint_store
+from cloudckpt.engine.reader import load
+from cloudckpt.engine.writer import save
 from cloudckpt.errors import InvalidArgument
 from cloudckpt.manager.state import FORMAT as TRAINING_FORMAT
-from cloudckpt.reader import load
-from cloudckpt.storage.local import fsync_path
-from cloudckpt.writer import save
+from cloudckpt.storage.backends.local import fsync_path
 
 __all__ = ["register"]
 

@@ -12,10 +12,10 @@ import torch
 
 from cloudckpt.cli.output import human, print_json, print_table, progress
 from cloudckpt.cli.targets import checkpoint_store, is_checkpoint, rows_for
-from cloudckpt.layout import read_manifest
-from cloudckpt.reader import load
+from cloudckpt.engine.commit import read_manifest
+from cloudckpt.engine.reader import load
+from cloudckpt.engine.verify import verify
 from cloudckpt.storage import open_store
-from cloudckpt.verify import verify
 
 __all__ = ["flatten", "register"]
 

@@ -8,13 +8,13 @@ from typing import Any
 
 from cloudckpt.cli.output import human, print_json, progress
 from cloudckpt.cli.targets import is_checkpoint
+from cloudckpt.engine.commit import copy_checkpoint, delete_checkpoint, read_manifest
+from cloudckpt.engine.verify import verify
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
-from cloudckpt.layout import copy_checkpoint, delete_checkpoint, read_manifest
+from cloudckpt.format.keys import step_dir
 from cloudckpt.manager import ArchivePolicy, CheckpointManager
 from cloudckpt.manager.archive import archive_checkpoint
-from cloudckpt.manager.index import step_dir
 from cloudckpt.storage import open_store, substore
-from cloudckpt.verify import verify
 
 __all__ = ["register"]
 

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from cloudckpt.engine.verify import verify
 from cloudckpt.errors import NotFound
-from cloudckpt.layout import MANIFEST_KEY
+from cloudckpt.format.keys import MANIFEST_KEY, step_dir
 from cloudckpt.manager import CheckpointManager
-from cloudckpt.manager.index import META_KEY, RunIndex, step_dir
+from cloudckpt.manager.index import META_KEY, RunIndex
 from cloudckpt.storage import Store, open_store, substore
-from cloudckpt.verify import verify
 
 __all__ = ["checkpoint_store", "is_checkpoint", "rows_for"]
 
@@ -53,7 +53,7 @@ def rows_for(uri: str, options: Mapping[str, Any] | None, do_verify: bool) -> li
     metrics, tier, status (committed / incomplete / corrupt), uri."""
     store = open_store(uri, storage_options=options)
     if is_checkpoint(store):
-        from cloudckpt.layout import read_manifest
+        from cloudckpt.engine.commit import read_manifest
 
         m = read_manifest(store)
         meta = m.metadata.get(META_KEY, {}) if isinstance(m.metadata, dict) else {}

@@ -44,11 +44,11 @@ from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
 
 import cloudckpt
+from cloudckpt.engine.writer import SaveInfo
 from cloudckpt.errors import AlreadyExists, InvalidArgument, NotFound, UnsupportedValue
 from cloudckpt.manager import CheckpointManager, CheckpointRecord, CheckpointSummary
 from cloudckpt.manager.retention import best_step
 from cloudckpt.manager.state import restore_rng
-from cloudckpt.writer import SaveInfo
 
 __all__ = ["STATE_KEY", "CloudckptCallback", "CloudckptTrainer", "HFRotation",
            "trainer_state_from_dict", "trainer_state_to_dict"]

@@ -56,11 +56,11 @@ from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.plugins.io import CheckpointIO
 
 import cloudckpt
+from cloudckpt.engine.commit import delete_checkpoint
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument, UnsupportedValue
-from cloudckpt.layout import delete_checkpoint
+from cloudckpt.format.tree import path_str
 from cloudckpt.storage import open_store
 from cloudckpt.storage.uri import parse_uri
-from cloudckpt.tree import path_str
 
 __all__ = ["CloudckptIO", "decode_checkpoint", "encode_checkpoint"]
 
@@ -244,7 +244,7 @@ class CloudckptIO(CheckpointIO):  # type: ignore[misc, unused-ignore]
 
     def __init__(self, storage_options: Mapping[str, Any] | None = None, *,
                  compression: str = "auto") -> None:
-        from cloudckpt.codecs import check_compression
+        from cloudckpt.format.codecs import check_compression
 
         super().__init__()
         check_compression(compression)

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cloudckpt.engine.commit import copy_checkpoint, delete_checkpoint
 from cloudckpt.errors import InvalidArgument
-from cloudckpt.layout import DATA_PREFIX, copy_checkpoint, delete_checkpoint
-from cloudckpt.manager.index import archived_key, step_dir, tier_key
+from cloudckpt.format.keys import DATA_PREFIX, archived_key, step_dir, tier_key
 from cloudckpt.storage import open_store, substore
 
 if TYPE_CHECKING:

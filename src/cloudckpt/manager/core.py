@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cloudckpt.engine.commit import delete_checkpoint, read_manifest
+from cloudckpt.engine.reader import load
+from cloudckpt.engine.writer import SaveInfo, write_encoded
 from cloudckpt.errors import (
     CloudckptError,
     CorruptCheckpoint,
@@ -25,7 +28,8 @@ from cloudckpt.errors import (
     NotFound,
     RehydrationRequired,
 )
-from cloudckpt.layout import delete_checkpoint, read_manifest
+from cloudckpt.format.keys import archived_key, pin_key, step_dir, tier_key
+from cloudckpt.format.tree import encode_tree
 from cloudckpt.manager.archive import ArchivePolicy, archive_checkpoint, needs_rehydration
 from cloudckpt.manager.background import BackgroundSaver
 from cloudckpt.manager.distributed import (
@@ -37,15 +41,7 @@ from cloudckpt.manager.distributed import (
     split_objects,
 )
 from cloudckpt.manager.gc import GCReport, collect_garbage
-from cloudckpt.manager.index import (
-    META_KEY,
-    CheckpointRecord,
-    RunIndex,
-    archived_key,
-    pin_key,
-    step_dir,
-    tier_key,
-)
+from cloudckpt.manager.index import META_KEY, CheckpointRecord, RunIndex
 from cloudckpt.manager.preemption import PreemptionWatch
 from cloudckpt.manager.retention import (
     AnyOf,
@@ -60,10 +56,7 @@ from cloudckpt.manager.retention import (
 )
 from cloudckpt.manager.staging import Stager
 from cloudckpt.manager.state import capture, restore_into
-from cloudckpt.reader import load
 from cloudckpt.storage import Store, open_store, substore
-from cloudckpt.tree import encode_tree
-from cloudckpt.writer import SaveInfo, write_encoded
 
 __all__ = ["CheckpointManager", "TrainingState"]
 

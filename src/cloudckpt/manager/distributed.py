@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
+from cloudckpt.format.tree import decode_tree, encode_tree
 from cloudckpt.manager.state import FORMAT, capture_rng, restore_rng
-from cloudckpt.tree import decode_tree, encode_tree
 
 if TYPE_CHECKING:
     from cloudckpt.manager.core import CheckpointManager
@@ -131,7 +131,7 @@ def save_distributed(store: Store, step: int, objects: Mapping[str, Any], tree: 
     """Collective save of one step to ``store`` (the step's directory)."""
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-    from cloudckpt.dcp import Writer
+    from cloudckpt.engine.dcp import Writer
 
     dcp_objs, _rest = _split_objects(objects)
     json_tree, leaves = encode_tree(dict(tree))
@@ -158,7 +158,7 @@ def restore_distributed(store: Store, objects: Mapping[str, Any], *, rng: bool) 
     )
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-    from cloudckpt.dcp import Reader
+    from cloudckpt.engine.dcp import Reader
 
     reader = Reader(store)
     md = reader.read_metadata()
@@ -200,8 +200,8 @@ def save_step_distributed(mgr: CheckpointManager, step: int, objects: Mapping[st
     import math
 
     from cloudckpt.errors import CloudckptError
+    from cloudckpt.format.keys import step_dir
     from cloudckpt.manager.index import META_KEY as INDEX_META_KEY
-    from cloudckpt.manager.index import step_dir
     from cloudckpt.manager.state import capture
     from cloudckpt.storage import substore
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cloudckpt.manager.index import step_dir
+from cloudckpt.format.keys import step_dir
 from cloudckpt.storage import ObjectInfo, PendingUpload
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Under a run root::
 
-    step-000000000100/manifest.json, data/...   one checkpoint (see cloudckpt.layout)
+    step-000000000100/manifest.json, data/...   one checkpoint (see cloudckpt.engine.commit)
     step-000000000100/tier.json                  its storage class, after an in-place move
     archived/step-000000000100.json              pointer to a copy moved to an archive URI
     pins/step-000000000100                       the user pinned this step
@@ -16,36 +16,18 @@ checkpoints no longer listed are dropped, so the cache stays as large as the run
 from __future__ import annotations
 
 import json
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloudckpt.errors import CloudckptError
-from cloudckpt.layout import DATA_PREFIX, MANIFEST_KEY
-from cloudckpt.manifest import Manifest, decode_manifest
+from cloudckpt.format.keys import DATA_PREFIX, MANIFEST_KEY, STEP_RE, TIER_FILE, step_dir, tier_key
+from cloudckpt.format.manifest import Manifest, decode_manifest
 from cloudckpt.storage import ObjectInfo, Store
 
 __all__ = ["CheckpointRecord", "RunIndex", "step_dir"]
 
 META_KEY = "cloudckpt.manager"
-_STEP_RE = re.compile(r"^step-(\d{12})$")
-
-
-def step_dir(step: int) -> str:
-    return f"step-{step:012d}"
-
-
-def archived_key(step: int) -> str:
-    return f"archived/{step_dir(step)}.json"
-
-
-def pin_key(step: int) -> str:
-    return f"pins/{step_dir(step)}"
-
-
-def tier_key(step: int) -> str:
-    return f"{step_dir(step)}/tier.json"
 
 
 @dataclass(frozen=True)
@@ -91,18 +73,18 @@ class RunIndex:
         pinned: set[int] = set()
         for o in self.store.list():
             head, _, rest = o.key.partition("/")
-            m = _STEP_RE.match(head)
+            m = STEP_RE.match(head)
             if m:
                 step = int(m.group(1))
                 if rest == MANIFEST_KEY:
                     committed[step] = o
                 elif rest.startswith(DATA_PREFIX + "/"):
                     data.setdefault(step, []).append(o)
-                elif rest == "tier.json":
+                elif rest == TIER_FILE:
                     tiers.add(step)
-            elif head == "archived" and (m2 := _STEP_RE.match(rest.removesuffix(".json"))):
+            elif head == "archived" and (m2 := STEP_RE.match(rest.removesuffix(".json"))):
                 archived[int(m2.group(1))] = o
-            elif head == "pins" and (m3 := _STEP_RE.match(rest)):
+            elif head == "pins" and (m3 := STEP_RE.match(rest)):
                 pinned.add(int(m3.group(1)))
         return Listing(committed, data, tiers, archived, pinned)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cloudckpt.tree import Leaf
+from cloudckpt.format.tree import Leaf
 
 __all__ = ["Stager"]
 

@@ -1,4 +1,4 @@
-"""The one fsspec adapter that serves every backend (see :mod:`cloudckpt.storage.backend`)."""
+"""The one fsspec adapter that serves every backend (see :mod:`cloudckpt.storage.backends.base`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from cloudckpt.errors import NotFound
-from cloudckpt.storage.backend import Backend
+from cloudckpt.storage.backends.base import Backend
 from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
 from cloudckpt.storage.translate import translate_error
 from cloudckpt.storage.uri import StoreURI, validate_key

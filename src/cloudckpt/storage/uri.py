@@ -9,26 +9,45 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from cloudckpt.errors import InvalidKey, InvalidURI
+from cloudckpt.errors import InvalidArgument, InvalidURI
+from cloudckpt.format.keys import join_key, validate_key
 
-__all__ = ["StoreURI", "join_key", "parse_uri", "redact", "validate_key"]
+__all__ = ["SchemeTable", "StoreURI", "join_key", "parse_uri", "redact", "validate_key"]
 
-#: scheme -> canonical fsspec protocol
-_SCHEMES = {
-    "file": "file",
-    "memory": "memory",
-    "s3": "s3",
-    "s3a": "s3",
-    "gs": "gcs",
-    "gcs": "gcs",
-    "az": "az",
-    "abfs": "az",
-    "abfss": "az",
-}
-_CLOUD = {"s3", "gcs", "az"}
+
+class SchemeTable:
+    """URI scheme -> canonical protocol, and which protocols are bucket-based clouds. The
+    registry (:func:`cloudckpt.storage.register_backend`) adds to the default table; a
+    scheme once registered is never silently rebound."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.schemes: dict[str, str] = {"file": "file", "memory": "memory"}
+        self.clouds: set[str] = set()
+
+    def add(self, protocol: str, schemes: tuple[str, ...], *, cloud: bool) -> None:
+        """Map each of ``schemes`` to ``protocol``.
+
+        Raises:
+            InvalidArgument: a scheme is already bound to another protocol.
+        """
+        with self._lock:
+            for sch in schemes:
+                bound = self.schemes.get(sch.lower())
+                if bound is not None and bound != protocol:
+                    raise InvalidArgument(f"URI scheme {sch!r} is already bound to {bound!r}")
+            for sch in schemes:
+                self.schemes[sch.lower()] = protocol
+            if cloud:
+                self.clouds.add(protocol)
+
+
+#: The process's scheme table; filled by the storage registry as backends register.
+SCHEMES = SchemeTable()
 # Bucket / container names: letters, digits, dots, dashes, underscores (GCS allows them).
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,221}[A-Za-z0-9]$")
 _CRED_RE = re.compile(r"(AccountKey|SharedAccessSignature|sig|secret|token|password)=([^;&]+)",
@@ -55,6 +74,7 @@ class StoreURI:
     bucket: str
     prefix: str
     original: str
+    account: str = ""  # ``abfs://container@ACCOUNT.dfs.core.windows.net``: the account name
 
     @property
     def root(self) -> str:
@@ -76,7 +96,7 @@ class StoreURI:
 
     @property
     def is_cloud(self) -> bool:
-        return self.protocol in _CLOUD
+        return self.protocol in SCHEMES.clouds
 
     def child(self, key: str) -> StoreURI:
         """The URI of a sub-prefix ``key`` (validated like an object key)."""
@@ -84,7 +104,8 @@ class StoreURI:
         prefix = f"{self.prefix.rstrip('/')}/{key}" if self.prefix else key
         if self.protocol == "file" and not self.prefix:
             prefix = "/" + key
-        return StoreURI(self.protocol, self.bucket, prefix, f"{self.original.rstrip('/')}/{key}")
+        return StoreURI(self.protocol, self.bucket, prefix, f"{self.original.rstrip('/')}/{key}",
+                        self.account)
 
 
 def parse_uri(uri: str | os.PathLike[str]) -> StoreURI:
@@ -108,9 +129,9 @@ def parse_uri(uri: str | os.PathLike[str]) -> StoreURI:
             )
         return StoreURI("file", "", os.path.abspath(os.path.expanduser(text)), text)
     scheme, _, rest = text.partition("://")
-    proto = _SCHEMES.get(scheme.lower())
+    proto = SCHEMES.schemes.get(scheme.lower())
     if proto is None:
-        known = ", ".join(sorted(f"{s}://" for s in _SCHEMES))
+        known = ", ".join(sorted(f"{s}://" for s in SCHEMES.schemes))
         raise InvalidURI(f"unknown scheme {scheme!r} in {redact(text)!r}; supported: {known}")
     if proto == "file":
         path = rest if rest.startswith("/") else "/" + rest
@@ -118,15 +139,13 @@ def parse_uri(uri: str | os.PathLike[str]) -> StoreURI:
     if proto == "memory":
         return StoreURI("memory", "", _clean_prefix(rest, text), text)
     parts = urlsplit(f"{scheme}://{rest}")
-    netloc = parts.netloc
-    if "@" in netloc:  # abfs://container@account.dfs.core.windows.net/path
-        netloc = netloc.split("@", 1)[0]
-    bucket = netloc
+    bucket, _, host = parts.netloc.partition("@")  # abfs://container@account.dfs.core...
+    account = host.split(".", 1)[0]
     if not bucket:
         raise InvalidURI(f"missing bucket/container in {redact(text)!r}: expected {scheme}://BUCKET/prefix")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
         raise InvalidURI(f"invalid bucket/container name {bucket!r} in {redact(text)!r}")
-    return StoreURI(proto, bucket, _clean_prefix(parts.path, text), text)
+    return StoreURI(proto, bucket, _clean_prefix(parts.path, text), text, account)
 
 
 def _clean_prefix(path: str, original: str) -> str:
@@ -137,29 +156,3 @@ def _clean_prefix(path: str, original: str) -> str:
         if seg in ("", ".", ".."):
             raise InvalidURI(f"invalid path segment {seg!r} in {redact(original)!r}")
     return path
-
-
-def validate_key(key: str) -> str:
-    """Check that ``key`` is a relative object key that stays inside the store's root.
-
-    Raises:
-        InvalidKey: empty, absolute, containing ``.``/``..``/empty segments, backslashes or
-            NUL bytes.
-    """
-    if not isinstance(key, str) or not key:
-        raise InvalidKey(f"object key must be a non-empty string, got {key!r}")
-    if key.startswith("/"):
-        raise InvalidKey(f"object key {key!r} is absolute; keys are relative to the store root")
-    if "\\" in key or "\x00" in key:
-        raise InvalidKey(f"object key {key!r} contains a backslash or NUL byte")
-    for seg in key.split("/"):
-        if seg in ("", ".", ".."):
-            raise InvalidKey(
-                f"object key {key!r} has an empty, '.' or '..' segment; keys cannot leave the store root"
-            )
-    return key
-
-
-def join_key(*parts: str) -> str:
-    """Join key fragments with ``/`` and validate the result (raises :class:`InvalidKey`)."""
-    return validate_key("/".join(p.strip("/") for p in parts if p))

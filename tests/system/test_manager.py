@@ -14,8 +14,7 @@ import cloudckpt
 from cloudckpt import ArchivePolicy, CheckpointManager
 from cloudckpt.demo import train
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, NotFound, RehydrationRequired
-from cloudckpt.layout import DATA_PREFIX
-from cloudckpt.manager.index import step_dir
+from cloudckpt.format.keys import DATA_PREFIX, step_dir
 from cloudckpt.storage import open_store, substore
 from tests.conftest import StoreFactory
 from tests.helpers import assert_same

@@ -12,11 +12,11 @@ import torch.multiprocessing as mp
 
 import cloudckpt
 import cloudckpt.dcp as cdcp
+from cloudckpt.engine.verify import verify
 from cloudckpt.errors import AlreadyExists
 from cloudckpt.testing.emulators import free_port
-from cloudckpt.verify import verify
-from tests import dist_worker
 from tests.conftest import StoreFactory
+from tests.system import dist_worker
 
 
 def spawn(world: int, mode: str, uri: str, opts: dict, tmp_path) -> list[str]:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Local filesystem and in-memory backends.
+"""The local filesystem backend.
 
 Local writes go to a temporary file beside the target, are fsynced, then published with
 ``os.link`` (create-only: fails if the target exists, atomically) or ``os.replace``; the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -18,11 +17,11 @@ from typing import Any
 
 import fsspec
 
-from cloudckpt.errors import AlreadyExists, UnsupportedOperation
+from cloudckpt.errors import AlreadyExists
+from cloudckpt.storage.backends.base import BackendBase, generic_object_info
 from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
-from cloudckpt.storage.common import generic_object_info
 
-__all__ = ["LocalBackend", "MemoryBackend", "fsync_path"]
+__all__ = ["LocalBackend", "fsync_path"]
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.cloudckpt-tmp-(?P<id>[0-9a-f]{32})$")
 
@@ -94,18 +93,17 @@ class _LocalUpload:
             os.unlink(self._tmp)
 
 
-class LocalBackend:
+class LocalBackend(BackendBase):
     """``file://`` and plain paths."""
 
-    min_part_size = 1
-    storage_classes: frozenset[str] = frozenset()
+    protocol = "local filesystem"
 
     def make_fs(self, options: Mapping[str, Any], bucket: str) -> Any:
         return fsspec.filesystem("file", **{"auto_mkdir": True, **options})
 
     def put(self, fs: Any, path: str, data: bytes | memoryview, *, create_only: bool,
             storage_class: str | None) -> None:
-        self._no_class(storage_class)
+        self.no_class(storage_class)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = _tmp_path(path)
         try:
@@ -121,16 +119,8 @@ class LocalBackend:
 
     def start_upload(self, fs: Any, path: str, key: str, *, create_only: bool,
                      storage_class: str | None) -> Upload:
-        self._no_class(storage_class)
+        self.no_class(storage_class)
         return _LocalUpload(path, key, create_only)
-
-    def set_storage_class(self, fs: Any, path: str, storage_class: str) -> None:
-        self._no_class(storage_class)
-
-    @staticmethod
-    def _no_class(storage_class: str | None) -> None:
-        if storage_class is not None:
-            raise UnsupportedOperation("local filesystem stores have no storage classes")
 
     def info_to_object(self, fs: Any, path: str, key: str, info: Mapping[str, Any],
                        *, full: bool) -> ObjectInfo:
@@ -172,58 +162,3 @@ class LocalBackend:
     def abort_pending(self, fs: Any, path: str, pending: PendingUpload) -> None:
         if os.path.exists(path):
             os.unlink(path)
-
-
-class _MemoryUpload:
-    def __init__(self, backend: MemoryBackend, fs: Any, path: str, key: str,
-                 create_only: bool) -> None:
-        self.key = key
-        self._backend, self._fs, self._path, self._create_only = backend, fs, path, create_only
-        self._parts: list[bytes] = []
-
-    def write_part(self, data: bytes | memoryview) -> None:
-        self._parts.append(bytes(data))
-
-    def finish(self, tail: bytes | memoryview = b"") -> None:
-        self._parts.append(bytes(tail))
-        self._backend.put(self._fs, self._path, b"".join(self._parts),
-                          create_only=self._create_only, storage_class=None)
-        self._parts = []
-
-    def abort(self) -> None:
-        self._parts = []
-
-
-class MemoryBackend(LocalBackend):
-    """``memory://``: fsspec's process-wide in-memory filesystem, for fast unit tests."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def make_fs(self, options: Mapping[str, Any], bucket: str) -> Any:
-        return fsspec.filesystem("memory", **options)
-
-    def put(self, fs: Any, path: str, data: bytes | memoryview, *, create_only: bool,
-            storage_class: str | None) -> None:
-        self._no_class(storage_class)
-        with self._lock:  # make check-and-create atomic across threads
-            fs.pipe_file(path, bytes(data), mode="create" if create_only else "overwrite")
-
-    def start_upload(self, fs: Any, path: str, key: str, *, create_only: bool,
-                     storage_class: str | None) -> Upload:
-        self._no_class(storage_class)
-        return _MemoryUpload(self, fs, path, key, create_only)
-
-    def info_to_object(self, fs: Any, path: str, key: str, info: Mapping[str, Any],
-                       *, full: bool) -> ObjectInfo:
-        return generic_object_info(key, {**info, "etag": f"{info.get('created')}-{info.get('size')}"},
-                                   etag_field="etag", mtime_fields=("created",), storage_class=None)
-
-    def is_internal(self, path: str) -> bool:
-        return False
-
-    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
-        return None
-
-    def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
-        return []

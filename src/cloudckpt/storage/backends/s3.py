@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cloudckpt.storage.backend import CONNECT_TIMEOUT, READ_TIMEOUT
+from cloudckpt.storage.backends.base import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    BackendBase,
+    check_storage_class,
+    generic_object_info,
+)
 from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
-from cloudckpt.storage.common import check_storage_class, generic_object_info
 
 __all__ = ["S3Backend"]
 
@@ -72,7 +77,7 @@ class _S3Upload:
                              UploadId=upload_id)
 
 
-class S3Backend:
+class S3Backend(BackendBase):
     """``s3://bucket/prefix``. Options go to ``s3fs.S3FileSystem``; ``AWS_*`` environment
     variables (``AWS_ENDPOINT_URL_S3``, profiles, instance roles) work as in boto3."""
 
@@ -117,12 +122,6 @@ class S3Backend:
                        *, full: bool) -> ObjectInfo:
         return generic_object_info(key, info, etag_field="ETag", mtime_fields=("LastModified",),
                                    storage_class=str(info.get("StorageClass") or "STANDARD"))
-
-    def is_internal(self, path: str) -> bool:
-        return False
-
-    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
-        return None
 
     def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
         bucket, prefix = _split(root)

@@ -1,9 +1,9 @@
-"""Where a checkpoint's objects live, and how a checkpoint becomes visible or goes away.
+"""The commit protocol: how a checkpoint becomes visible, is read back, copied and deleted.
+Every writer (:mod:`cloudckpt.engine.writer`, the DCP adapter, copies) commits through here.
 
-Under a checkpoint URI::
-
-    manifest.json                  the commit record, written last (create-only)
-    data/<save_id>/<n>.bin         data objects of the save with that id
+Keys under a checkpoint root are in :mod:`cloudckpt.format.keys`. Roles: any process may read;
+exactly one process (the saver, or the DCP coordinator) calls :func:`commit_manifest`, after
+every data object of the save is complete.
 
 Commit: data objects first, each complete (size and checksums known) before the manifest is
 written; the manifest last with a create-only write, so a committed checkpoint is never
@@ -15,21 +15,48 @@ the committed manifest (if any) does not reference.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, IncompleteCheckpoint, NotFound
-from cloudckpt.manifest import Manifest, decode_manifest
+from cloudckpt.format.keys import DATA_PREFIX, MANIFEST_KEY
+from cloudckpt.format.manifest import Manifest, decode_manifest, encode_manifest
 from cloudckpt.storage import ObjectInfo, Store, copy_object
 
-__all__ = ["DATA_PREFIX", "MANIFEST_KEY", "copy_checkpoint", "data_key", "delete_checkpoint",
+__all__ = ["commit_manifest", "copy_checkpoint", "delete_checkpoint", "discard",
            "find_orphans", "read_manifest"]
 
-MANIFEST_KEY = "manifest.json"
-DATA_PREFIX = "data"
+
+def discard(store: Store, keys: Iterable[str]) -> None:
+    """Best-effort delete of data objects a failed or superseded save wrote (GC catches
+    whatever is left). Only own data keys are touched: never the manifest, never a sibling
+    reference. Never raises."""
+    own = [k for k in keys if k.startswith(DATA_PREFIX + "/")]
+    if own:
+        with contextlib.suppress(Exception):
+            store.delete_many(own)
 
 
-def data_key(save_id: str, n: int) -> str:
-    return f"{DATA_PREFIX}/{save_id}/{n:06d}.bin"
+def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False,
+                    previous: Manifest | None = None) -> None:
+    """Make ``manifest`` the committed checkpoint at ``store``: one create-only write (a plain
+    write when ``overwrite``). Call once, from the one process that owns the save, after all
+    of its data objects are complete. After an overwrite, the data of ``previous`` that the
+    new manifest does not reference is discarded.
+
+    Raises:
+        AlreadyExists: another save committed first (``overwrite`` false); this save's data
+            objects are discarded before raising.
+        StorageError: the write failed; nothing was committed.
+    """
+    try:
+        store.put(MANIFEST_KEY, encode_manifest(manifest), create_only=not overwrite)
+    except AlreadyExists:
+        discard(store, manifest.objects)
+        raise AlreadyExists(f"another save committed {store.uri} first; this one was discarded"
+                            ) from None
+    if previous is not None:
+        discard(store, set(previous.objects) - set(manifest.objects))
 
 
 def read_manifest(store: Store) -> Manifest:

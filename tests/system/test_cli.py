@@ -12,8 +12,7 @@ import torch
 
 import cloudckpt
 from cloudckpt import CheckpointManager
-from cloudckpt.layout import DATA_PREFIX
-from cloudckpt.manager.index import step_dir
+from cloudckpt.format.keys import DATA_PREFIX, step_dir
 from cloudckpt.storage import open_store, substore
 from tests.conftest import StoreFactory
 from tests.helpers import assert_same

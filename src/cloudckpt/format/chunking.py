@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["ChunkPlan", "LeafInfo", "choose_codec", "leaf_info", "plan_chunks", "plan_objects"]
+__all__ = ["ChunkPlan", "LeafInfo", "choose_codec", "dtype_name", "leaf_info", "plan_chunks",
+           "plan_objects", "segments_of"]
 
 _FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
            torch.complex128, torch.complex32}
@@ -41,6 +42,13 @@ class ChunkPlan:
         return sum(e - s for _, s, e in self.pieces)
 
 
+def dtype_name(dtype: torch.dtype | np.dtype) -> str:  # type: ignore[type-arg]
+    """The manifest's spelling of a dtype: ``"bfloat16"`` for torch, ``"<f4"`` for numpy."""
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    return dtype.str
+
+
 def leaf_info(value: torch.Tensor | np.ndarray) -> LeafInfo:
     if isinstance(value, torch.Tensor):
         item = value.element_size()
@@ -61,7 +69,9 @@ def choose_codec(info: LeafInfo, compression: str) -> tuple[str, int]:
         return "none", 1
     if info.floating and info.itemsize >= 2 and compression in ("auto", "bg-zstd"):
         return "bg-zstd", info.itemsize
-    return "zstd", 1
+    if compression in ("auto", "zstd", "bg-zstd"):
+        return "zstd", 1
+    return compression, info.itemsize  # a registered codec, used for every chunk
 
 
 def plan_chunks(infos: list[LeafInfo], compression: str, chunk_size: int) -> list[ChunkPlan]:
@@ -96,3 +106,15 @@ def plan_objects(chunks: list[ChunkPlan], object_size: int) -> list[list[int]]:
         groups[-1].append(i)
         size += c.raw_size
     return groups
+
+
+def segments_of(chunks: list[ChunkPlan], n_leaves: int) -> list[list[tuple[int, int, int]]]:
+    """Per leaf, the ``(chunk, offset in the decoded chunk, length)`` stretches that make up
+    its bytes, in order: the inverse of the chunk plan, which the manifest records."""
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(n_leaves)]
+    for ci, plan in enumerate(chunks):
+        pos = 0
+        for li, s, e in plan.pieces:
+            out[li].append((ci, pos, e - s))
+            pos += e - s
+    return out

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import cloudckpt
+from cloudckpt.engine.commit import find_orphans, read_manifest
 from cloudckpt.errors import IncompleteCheckpoint, NotFound
-from cloudckpt.layout import find_orphans, read_manifest
 from cloudckpt.storage import open_store
 from cloudckpt.testing import FaultPlan, FaultyStore, SimulatedCrash
 from tests.conftest import StoreFactory

@@ -10,13 +10,14 @@ incompressible mantissa planes are stored raw. Stored layout of a ``bg-zstd`` ch
 
 Codecs are stateless and thread-safe: zstandard's (de)compressor objects are not, so each call
 makes its own (cheap at level 1). Extension point: the :class:`Codec` Protocol and
-:func:`get_codec` / :data:`CODECS`.
+:func:`register_codec` (or the ``cloudckpt.codecs`` entry-point group).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+import threading
+from importlib.metadata import entry_points
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +25,8 @@ import zstandard
 
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 
-__all__ = ["CODECS", "BGZstdCodec", "Codec", "NoneCodec", "ZstdCodec", "get_codec"]
+__all__ = ["CODEC_ENTRY_POINT_GROUP", "BGZstdCodec", "Codec", "NoneCodec", "ZstdCodec",
+           "check_compression", "get_codec", "is_known_codec", "register_codec"]
 
 ZSTD_LEVEL = 1
 #: zstd-1 with a tiny match finder for byte planes: exponent bytes are near order-0 data, so
@@ -186,7 +188,63 @@ class BGZstdCodec:
             raise CorruptCheckpoint("byte-grouped chunk has trailing bytes")
 
 
-CODECS: Mapping[str, Codec] = {c.name: c for c in (NoneCodec(), ZstdCodec(), BGZstdCodec())}
+class _CodecRegistry:
+    """Codecs by name. Built-ins are always present; plug-ins come from
+    :func:`register_codec` or the ``cloudckpt.codecs`` entry-point group (loaded once, the
+    first time an unknown name is asked for)."""
+
+    def __init__(self, codecs: tuple[Codec, ...]) -> None:
+        self._lock = threading.Lock()
+        self._codecs: dict[str, Codec] = {c.name: c for c in codecs}
+        self._builtin = frozenset(self._codecs)
+        self._entry_points_loaded = False
+
+    def add(self, codec: Codec) -> None:
+        if not isinstance(getattr(codec, "name", None), str) or not codec.name:
+            raise InvalidArgument("a codec needs a non-empty string name")
+        if codec.name in ("auto",):
+            raise InvalidArgument(f"codec name {codec.name!r} is reserved")
+        with self._lock:
+            have = self._codecs.get(codec.name)
+            if have is not None and have is not codec:
+                raise InvalidArgument(f"a codec named {codec.name!r} is already registered")
+            self._codecs[codec.name] = codec
+
+    def get(self, name: str) -> Codec | None:
+        with self._lock:
+            codec = self._codecs.get(name)
+            if codec is not None or self._entry_points_loaded:
+                return codec
+            self._entry_points_loaded = True
+        for ep in entry_points(group=CODEC_ENTRY_POINT_GROUP):
+            self.add(ep.load())
+        with self._lock:
+            return self._codecs.get(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._codecs)
+
+
+CODEC_ENTRY_POINT_GROUP = "cloudckpt.codecs"
+_REGISTRY = _CodecRegistry((NoneCodec(), ZstdCodec(), BGZstdCodec()))
+
+
+def register_codec(codec: Codec) -> None:
+    """Make ``codec`` available by its ``name``: to read chunks recorded with it, and as
+    ``compression=<name>`` (every chunk then uses it, with the element size of its dtype).
+    Names are permanent: a name already bound to another codec is refused, since stored
+    checkpoints record only the name. Any thread may call this.
+
+    Raises:
+        InvalidArgument: no name, a reserved name, or a name bound to another codec.
+    """
+    _REGISTRY.add(codec)
+
+
+def is_known_codec(name: str) -> bool:
+    """Whether a codec called ``name`` is registered (consults entry points once)."""
+    return _REGISTRY.get(name) is not None
 
 
 def get_codec(name: str) -> Codec:
@@ -195,19 +253,20 @@ def get_codec(name: str) -> Codec:
     Raises:
         CorruptCheckpoint: unknown name (a manifest from a newer version, or tampering).
     """
-    try:
-        return CODECS[name]
-    except KeyError:
-        raise CorruptCheckpoint(f"unknown codec {name!r}; known: {sorted(CODECS)}") from None
+    codec = _REGISTRY.get(name)
+    if codec is None:
+        raise CorruptCheckpoint(f"unknown codec {name!r}; known: {_REGISTRY.names()}")
+    return codec
 
 
 def check_compression(name: str) -> str:
     """Validate a user's ``compression=`` choice: ``"auto"`` (bg-zstd for floats, zstd for
-    the rest), ``"zstd"``, or ``"none"``.
+    the rest), ``"zstd"``, ``"bg-zstd"``, ``"none"`` or a registered codec's name.
 
     Raises:
         InvalidArgument: anything else.
     """
-    if name not in ("auto", "zstd", "none", "bg-zstd"):
-        raise InvalidArgument(f"compression must be 'auto', 'zstd', 'bg-zstd' or 'none', not {name!r}")
+    if name != "auto" and not is_known_codec(name):
+        raise InvalidArgument(f"compression must be 'auto' or a codec name "
+                              f"({', '.join(_REGISTRY.names())}), not {name!r}")
     return name

@@ -16,9 +16,13 @@ from typing import Any
 from fsspec.asyn import sync
 
 from cloudckpt.errors import AlreadyExists
-from cloudckpt.storage.backend import READ_TIMEOUT
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
-from cloudckpt.storage.common import check_storage_class, generic_object_info
+from cloudckpt.storage.backends.base import (
+    READ_TIMEOUT,
+    BackendBase,
+    check_storage_class,
+    generic_object_info,
+)
+from cloudckpt.storage.base import ObjectInfo, Upload
 
 __all__ = ["GCSBackend"]
 
@@ -83,7 +87,7 @@ class _GCSUpload:
                 self._fs.call("DELETE", location)
 
 
-class GCSBackend:
+class GCSBackend(BackendBase):
     """``gs://`` / ``gcs://``. Options go to ``gcsfs.GCSFileSystem``."""
 
     min_part_size = GCS_CHUNK
@@ -135,16 +139,3 @@ class GCSBackend:
         return generic_object_info(key, info, etag_field="generation",
                                    mtime_fields=("mtime", "updated"),
                                    storage_class=info.get("storageClass"))
-
-    def is_internal(self, path: str) -> bool:
-        return False
-
-    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
-        return None
-
-    def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
-        # Resumable sessions are not listable; GCS expires unfinished ones after a week.
-        return []
-
-    def abort_pending(self, fs: Any, path: str, pending: PendingUpload) -> None:
-        return None

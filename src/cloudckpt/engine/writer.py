@@ -1,8 +1,8 @@
 """``cloudckpt.save``: stream a state tree to a store in encoded, checksummed chunks.
 
 Pipeline (the caller's thread plans; a bounded pool encodes and uploads): the state is encoded
-as a JSON tree plus leaves (:mod:`cloudckpt.tree`); leaves are cut and packed into chunks and
-chunks grouped into objects (:mod:`cloudckpt.chunking`); each object is one task that reads
+as a JSON tree plus leaves (:mod:`cloudckpt.format.tree`); leaves are cut and packed into chunks and
+chunks grouped into objects (:mod:`cloudckpt.format.chunking`); each object is one task that reads
 its bytes straight from the tensors (CPU tensors without a copy, device tensors one chunk at
 a time), encodes, checksums and uploads them. At most ``memory_budget`` bytes are in flight, so
 memory does not grow with the checkpoint. The manifest is written last, create-only.
@@ -10,7 +10,6 @@ memory does not grow with the checkpoint. The manifest is written last, create-o
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
@@ -21,19 +20,27 @@ from typing import Any
 
 import numpy as np
 import torch
-import xxhash
 
 from cloudckpt._version import __version__ as _version
-from cloudckpt.chunking import ChunkPlan, leaf_info, plan_chunks, plan_objects
-from cloudckpt.codecs import check_compression, get_codec
+from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
+from cloudckpt.engine.pool import run_bounded
 from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument
-from cloudckpt.layout import MANIFEST_KEY, data_key, read_manifest
-from cloudckpt.manifest import ChunkRecord, Manifest, Segment, TensorRecord, encode_manifest
-from cloudckpt.pool import run_bounded
+from cloudckpt.format.checksums import checksum
+from cloudckpt.format.chunking import (
+    ChunkPlan,
+    dtype_name,
+    leaf_info,
+    plan_chunks,
+    plan_objects,
+    segments_of,
+)
+from cloudckpt.format.codecs import check_compression, get_codec
+from cloudckpt.format.keys import MANIFEST_KEY, data_key
+from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord
+from cloudckpt.format.tree import Leaf, encode_tree
 from cloudckpt.storage import Store, open_store
-from cloudckpt.tree import Leaf, encode_tree
 
-__all__ = ["SaveInfo", "save", "write_encoded"]
+__all__ = ["SaveInfo", "WrittenLeaves", "new_save_id", "save", "write_encoded", "write_leaves"]
 
 MiB = 1024 * 1024
 DEFAULT_CHUNK_SIZE = 4 * MiB
@@ -60,10 +67,6 @@ class SaveInfo:
         return self.stored_bytes / self.raw_bytes if self.raw_bytes else 1.0
 
 
-def _xxh(data: bytes | memoryview) -> str:
-    return xxhash.xxh3_64_hexdigest(data)
-
-
 def _byte_reader(value: torch.Tensor | np.ndarray) -> Callable[[int, int], memoryview]:
     """A function returning bytes ``[start, end)`` of the leaf's raw (C-order) data."""
     if isinstance(value, np.ndarray):
@@ -79,14 +82,23 @@ def _byte_reader(value: torch.Tensor | np.ndarray) -> Callable[[int, int], memor
     return lambda s, e: flat_t[s:e].cpu().numpy().data  # one chunk copied to host at a time
 
 
-def _device(value: torch.Tensor | np.ndarray) -> str:
-    return str(value.device) if isinstance(value, torch.Tensor) else "cpu"
+def _device(leaf: Leaf) -> str:
+    return leaf.device or (str(leaf.value.device) if isinstance(leaf.value, torch.Tensor) else "cpu")
 
 
-def _dtype_name(value: torch.Tensor | np.ndarray) -> str:
-    if isinstance(value, torch.Tensor):
-        return str(value.dtype).removeprefix("torch.")
-    return value.dtype.str
+@dataclass(frozen=True)
+class WrittenLeaves:
+    """What :func:`write_leaves` stored: chunk records, and per leaf its tensor record whose
+    segments index into ``chunks``."""
+
+    chunks: tuple[ChunkRecord, ...]
+    tensors: tuple[TensorRecord, ...]
+    objects: int
+
+
+def new_save_id() -> str:
+    """A sortable, unique id for one save's data prefix."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
 
 
 def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = "auto",
@@ -123,7 +135,7 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
                   chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
                   memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
                   storage_class: str | None = None) -> SaveInfo:
-    """Write an already encoded state (:func:`cloudckpt.tree.encode_tree`) and commit it.
+    """Write an already encoded state (:func:`cloudckpt.format.tree.encode_tree`) and commit it.
     The background half of :func:`save`, for callers that snapshot the leaves first (async
     saves). Same options and errors as :func:`save`."""
     t0 = time.perf_counter()
@@ -134,39 +146,18 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
     store = open_store(uri, storage_options=storage_options)
     previous = _previous(store, overwrite)
 
-    save_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-    infos = [leaf_info(leaf.value) for leaf in leaves]
-    chunks = plan_chunks(infos, compression, chunk_size)
-    groups = plan_objects(chunks, object_size)
-    records = _write_objects(store, leaves, chunks, groups, save_id, object_size, memory_budget,
-                             max_workers, storage_class)
-
-    segments: list[list[Segment]] = [[] for _ in leaves]
-    for ci, plan in enumerate(chunks):
-        pos = 0
-        for li, s, e in plan.pieces:
-            segments[li].append(Segment(ci, pos, e - s))
-            pos += e - s
-    tensors = tuple(
-        TensorRecord(leaf.path, "torch" if isinstance(leaf.value, torch.Tensor) else "numpy",
-                     _dtype_name(leaf.value), tuple(leaf.value.shape), infos[i].nbytes,
-                     leaf.device or _device(leaf.value), tuple(segments[i]))
-        for i, leaf in enumerate(leaves))
+    save_id = new_save_id()
+    written = write_leaves(store, leaves, save_id, compression=compression,
+                           chunk_size=chunk_size, object_size=object_size,
+                           memory_budget=memory_budget, max_workers=max_workers,
+                           storage_class=storage_class)
     manifest = Manifest(save_id=save_id, created=datetime.now(timezone.utc).isoformat(),
-                        library_version=_version, tree=tree, tensors=tensors,
-                        chunks=tuple(records), metadata=meta)
-    body = encode_manifest(manifest)
-    try:
-        store.put(MANIFEST_KEY, body, create_only=not overwrite)
-    except AlreadyExists:
-        _cleanup(store, manifest.objects)
-        raise AlreadyExists(f"another save committed {store.uri} first; this one was discarded"
-                            ) from None
-    if previous is not None:  # overwrite: the old save's data is unreferenced now
-        stale = set(previous.objects) - set(manifest.objects)
-        _cleanup(store, [o for o in stale if not o.startswith("@")])
+                        library_version=_version, tree=tree, tensors=written.tensors,
+                        chunks=written.chunks, metadata=meta)
+    commit_manifest(store, manifest, overwrite=overwrite, previous=previous)
     return SaveInfo(store.uri, save_id, manifest.raw_bytes, manifest.stored_bytes,
-                    len(tensors), len(records), len(groups), time.perf_counter() - t0)
+                    len(written.tensors), len(written.chunks), written.objects,
+                    time.perf_counter() - t0)
 
 
 def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -192,10 +183,30 @@ def _previous(store: Store, overwrite: bool) -> Manifest | None:
         return None
 
 
-def _cleanup(store: Store, keys: list[str]) -> None:
-    """Best-effort delete of objects this save wrote (GC catches whatever is left)."""
-    with contextlib.suppress(Exception):
-        store.delete_many(keys)
+def write_leaves(store: Store, leaves: list[Leaf], save_id: str, *, compression: str = "auto",
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
+                 storage_class: str | None = None) -> WrittenLeaves:
+    """Plan, encode, checksum and upload ``leaves`` as data objects under
+    ``data/<save_id>/``, at most ``memory_budget`` bytes in flight; commits nothing. Shared by
+    :func:`write_encoded` and the DCP writer (each rank calls it with its own ``save_id``).
+    On failure the objects written so far are discarded.
+
+    Raises:
+        StorageError and subclasses: an upload failed.
+    """
+    infos = [leaf_info(leaf.value) for leaf in leaves]
+    chunks = plan_chunks(infos, compression, chunk_size)
+    groups = plan_objects(chunks, object_size)
+    records = _write_objects(store, leaves, chunks, groups, save_id, object_size, memory_budget,
+                             max_workers, storage_class)
+    tensors = tuple(
+        TensorRecord(leaf.path, "torch" if isinstance(leaf.value, torch.Tensor) else "numpy",
+                     dtype_name(leaf.value.dtype), tuple(leaf.value.shape), infos[i].nbytes,
+                     _device(leaf), tuple(Segment(*seg) for seg in segs))
+        for i, (leaf, segs) in enumerate(zip(leaves, segments_of(chunks, len(leaves)),
+                                             strict=True)))
+    return WrittenLeaves(tuple(records), tensors, len(groups))
 
 
 def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
@@ -220,8 +231,8 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
             raw = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
             codec = get_codec(plan.codec)
             enc = codec.encode(raw, plan.itemsize)
-            stored_sum = _xxh(enc)
-            raw_sum = stored_sum if plan.codec == "none" else _xxh(raw)
+            stored_sum = checksum(enc)
+            raw_sum = stored_sum if plan.codec == "none" else checksum(raw)
             recs.append(ChunkRecord(key, offset, len(enc), len(raw), plan.codec, plan.itemsize,
                                     stored_sum, raw_sum))
             parts.append(enc)
@@ -237,6 +248,6 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
                       name="cloudckpt-save")
     if err is not None:
         if isinstance(err, Exception):  # a real crash (BaseException) cleans nothing up
-            _cleanup(store, written)
+            discard(store, written)
         raise err
     return [r for group in results for r in (group or [])]

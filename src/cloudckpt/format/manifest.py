@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudckpt.codecs import CODECS
 from cloudckpt.errors import CorruptCheckpoint
-from cloudckpt.storage.uri import validate_key
+from cloudckpt.format.codecs import is_known_codec
+from cloudckpt.format.keys import validate_key
 
 __all__ = ["FORMAT_VERSION", "ChunkRecord", "Manifest", "Segment", "TensorRecord",
            "decode_manifest", "encode_manifest"]
@@ -166,7 +166,7 @@ def _chunk(v: Any, i: int) -> ChunkRecord:
                     _int(v[2], "chunk stored_size"), _int(v[3], "chunk raw_size"),
                     _str(v[4], "chunk codec"), _int(v[5], "chunk itemsize", 1),
                     _str(v[6], "stored checksum"), _str(v[7], "raw checksum"))
-    if c.codec not in CODECS:
+    if not is_known_codec(c.codec):
         raise _fail(f"chunk {i} has unknown codec {c.codec!r}")
     if not (_HEX16.match(c.stored_xxh3) and _HEX16.match(c.raw_xxh3)):
         raise _fail(f"chunk {i} has malformed checksums")

@@ -8,7 +8,7 @@ import torch
 
 import cloudckpt
 from cloudckpt import ArchivePolicy, CheckpointManager
-from cloudckpt.layout import DATA_PREFIX
+from cloudckpt.format.keys import DATA_PREFIX
 from cloudckpt.storage import open_store
 from cloudckpt.testing import FaultPlan, FaultyStore, SimulatedCrash
 from tests.helpers import assert_same

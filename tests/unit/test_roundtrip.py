@@ -113,7 +113,7 @@ def test_existing_checkpoint_needs_overwrite(stores: StoreFactory) -> None:
     cloudckpt.save({"v": torch.ones(3)}, uri, storage_options=opts, overwrite=True)
     assert_same({"v": torch.ones(3)}, cloudckpt.load(uri, storage_options=opts))
     # the replaced save's data is gone: exactly the new manifest's objects remain
-    from cloudckpt.layout import DATA_PREFIX
+    from cloudckpt.format.keys import DATA_PREFIX
     from cloudckpt.storage import open_store
 
     st = open_store(uri, storage_options=opts)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import cloudckpt
 from cloudckpt.errors import CorruptCheckpoint
-from cloudckpt.layout import MANIFEST_KEY
-from cloudckpt.manifest import decode_manifest, encode_manifest
+from cloudckpt.format.keys import MANIFEST_KEY
+from cloudckpt.format.manifest import decode_manifest, encode_manifest
 from cloudckpt.storage import open_store
 from tests.helpers import assert_same
 

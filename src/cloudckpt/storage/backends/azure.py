@@ -14,9 +14,14 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from cloudckpt.storage.backend import CONNECT_TIMEOUT, READ_TIMEOUT
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
-from cloudckpt.storage.common import check_storage_class, generic_object_info
+from cloudckpt.storage.backends.base import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    BackendBase,
+    check_storage_class,
+    generic_object_info,
+)
+from cloudckpt.storage.base import ObjectInfo, Upload
 
 __all__ = ["AzureBackend"]
 
@@ -84,7 +89,7 @@ class _AzureUpload:
         self._blocks = []
 
 
-class AzureBackend:
+class AzureBackend(BackendBase):
     """``az://container/prefix`` and ``abfs://``. Options go to
     ``adlfs.AzureBlobFileSystem`` (``connection_string``, ``account_name``, ``credential``...)."""
 
@@ -126,16 +131,3 @@ class AzureBackend:
             tier = props.blob_tier
         return generic_object_info(key, info, etag_field="etag", mtime_fields=("last_modified",),
                                    storage_class=str(tier) if tier else None)
-
-    def is_internal(self, path: str) -> bool:
-        return False
-
-    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
-        return None
-
-    def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
-        # Uncommitted block lists are not objects; the service discards them after a week.
-        return []
-
-    def abort_pending(self, fs: Any, path: str, pending: PendingUpload) -> None:
-        return None

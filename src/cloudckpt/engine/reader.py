@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import xxhash
 
-from cloudckpt.codecs import get_codec
+from cloudckpt.engine.commit import read_manifest
+from cloudckpt.engine.pool import run_bounded
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
-from cloudckpt.layout import read_manifest
-from cloudckpt.manifest import Manifest, TensorRecord
-from cloudckpt.pool import run_bounded
+from cloudckpt.format.checksums import decode_chunk
+from cloudckpt.format.manifest import Manifest, TensorRecord
+from cloudckpt.format.tree import decode_tree, leaf_indices, select
 from cloudckpt.storage import Store, open_store
 from cloudckpt.storage.uri import StoreURI
-from cloudckpt.tree import decode_tree, leaf_indices, select
 
 __all__ = ["inspect", "load", "read_leaves"]
 
@@ -225,27 +224,14 @@ def _decode_chunk(m: Manifest, ci: int, mv: memoryview, base: int, jobs: list[An
                   verify: bool, uri: str) -> None:
     c = m.chunks[ci]
     stored = mv[c.offset - base:c.offset - base + c.stored_size]
-
-    def corrupt(what: str) -> CorruptCheckpoint:
-        paths = sorted({j[4] for j in jobs})
-        return CorruptCheckpoint(f"{uri}/{c.object}: chunk {ci} {what}; tensor(s) "
-                                 f"{', '.join(paths[:5])}")
-
-    if verify and xxhash.xxh3_64_hexdigest(stored) != c.stored_xxh3:
-        raise corrupt("stored bytes fail their checksum")
-    codec = get_codec(c.codec)
     direct = len(jobs) == 1 and jobs[0][1] == 0 and jobs[0][2] == c.raw_size
-    try:
-        if direct:  # the chunk fills one stretch of one tensor: decode straight into it
-            view, _off, length, pos, _path = jobs[0]
-            raw: Any = view[pos:pos + length]
-            codec.decode_into(stored, raw, c.itemsize)
-        else:
-            raw = np.frombuffer(codec.decode(stored, c.raw_size, c.itemsize), dtype=np.uint8)
+    out = jobs[0][0][jobs[0][3]:jobs[0][3] + c.raw_size] if direct else None
+    try:  # a chunk that fills one stretch of one tensor is decoded straight into it
+        raw = decode_chunk(c, stored, verify=verify, out=out)
     except CorruptCheckpoint as e:
-        raise corrupt(f"cannot be decoded ({e})") from e
-    if verify and c.codec != "none" and xxhash.xxh3_64_hexdigest(raw) != c.raw_xxh3:
-        raise corrupt("decoded bytes fail their checksum")
+        paths = sorted({j[4] for j in jobs})
+        raise CorruptCheckpoint(f"{uri}/{c.object}: chunk {ci} {e}; tensor(s) "
+                                f"{', '.join(paths[:5])}") from e
     if not direct:
         for view, off, length, pos, _path in jobs:
             view[pos:pos + length] = raw[off:off + length]

@@ -1,0 +1,347 @@
+"""``torch.distributed.checkpoint`` storage backed by cloudckpt.
+
+``dcp.save(state_dict, storage_writer=cloudckpt.dcp.Writer("s3://bucket/ckpt"))`` and
+``dcp.load(state_dict, storage_reader=cloudckpt.dcp.Reader("s3://bucket/ckpt"))``: DCP's
+planners deduplicate replicated tensors (DDP state is written once) and reshard on load (any
+world size); cloudckpt streams each rank's items with its codecs and checksums, in parallel.
+
+Call order (DCP drives it; "all" = every rank, "coord" = the coordinator only)::
+
+    save: all reset -> all set_up_storage_writer -> all prepare_local_plan
+          -> coord prepare_global_plan -> all write_data -> coord finish (commit)
+    load: all reset -> all read_metadata -> all set_up_storage_reader -> all prepare_local_plan
+          -> coord prepare_global_plan -> all read_data
+
+Commit: ranks write data objects only; the coordinator writes the manifest last, create-only,
+in ``finish``, which DCP calls only after every rank's ``write_data`` succeeded: a failure on any
+rank means no commit. The manifest is a regular cloudckpt manifest (``cloudckpt ls/verify/show``
+work on it) whose metadata holds DCP's ``Metadata`` encoded as JSON: our metadata is never
+pickled. (Non-tensor values in a DCP state dict are serialised by DCP's own planner with
+``torch.save``/``torch.load``; keep untrusted checkpoints to tensors, or use cloudckpt.save.)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import (
+    LoadPlan,
+    LoadPlanner,
+    SavePlan,
+    SavePlanner,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
+from torch.futures import Future
+
+from cloudckpt._version import __version__
+from cloudckpt.engine.commit import commit_manifest, read_manifest
+from cloudckpt.engine.reader import read_leaves
+from cloudckpt.engine.writer import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_OBJECT_SIZE,
+    write_leaves,
+)
+from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidURI
+from cloudckpt.format.chunking import dtype_name
+from cloudckpt.format.keys import MANIFEST_KEY
+from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord
+from cloudckpt.format.tree import Leaf, decode_tree, encode_tree
+from cloudckpt.storage import Store, open_store, parse_uri
+
+__all__ = ["Reader", "Writer"]
+
+DCP_KEY = "cloudckpt.dcp"
+
+
+@dataclass(frozen=True)
+class _RankPrefix:
+    """Per-rank object name prefix, assigned by the coordinator's global plan."""
+
+    prefix: str
+
+
+@dataclass(frozen=True)
+class _ItemLocation:
+    """Where one written item lives: its own chunk records and segments (plain data)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    is_bytes: bool
+    chunks: tuple[ChunkRecord, ...]
+    segments: tuple[tuple[int, int, int], ...]  # (index into chunks, offset, length)
+
+
+class _Target:
+    """Where a Writer/Reader points: a URI (opened lazily, per call) or a given Store."""
+
+    def __init__(self, uri: str | os.PathLike[str] | Store | None,
+                 storage_options: Mapping[str, Any] | None) -> None:
+        self._given: Store | None = None if uri is None or isinstance(uri, (str, os.PathLike)) \
+            else uri
+        self.uri: str | None = self._given.uri if self._given is not None else (
+            None if uri is None else os.fspath(uri))  # type: ignore[arg-type]
+        self.storage_options = storage_options
+
+    def _store(self) -> Store:
+        if self._given is not None:
+            return self._given
+        if self.uri is None:
+            raise InvalidURI("no checkpoint URI: pass one to the constructor or as checkpoint_id")
+        return open_store(self.uri, storage_options=self.storage_options)
+
+    def _retarget(self, checkpoint_id: str | os.PathLike[str] | None) -> None:
+        if checkpoint_id is not None:
+            self.uri, self._given = os.fspath(checkpoint_id), None
+
+
+class Writer(_Target, StorageWriter):
+    """Writes a DCP checkpoint to ``uri`` (any cloudckpt URI). ``overwrite`` replaces a
+    committed checkpoint. Options as for :func:`cloudckpt.save`."""
+
+    def __init__(self, uri: str | os.PathLike[str] | Store | None = None, *,
+                 storage_options: Mapping[str, Any] | None = None, compression: str = "auto",
+                 overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 object_size: int = DEFAULT_OBJECT_SIZE,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 metadata: Mapping[str, Any] | None = None) -> None:
+        _Target.__init__(self, uri, storage_options)
+        self.compression, self.overwrite = compression, overwrite
+        self.chunk_size, self.object_size = chunk_size, object_size
+        self.memory_budget = memory_budget
+        self.user_metadata = dict(metadata or {})
+        self.save_id = uuid.uuid4().hex[:12]
+        self.is_coordinator = False
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        self._retarget(checkpoint_id)
+        self.save_id = uuid.uuid4().hex[:12]
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.is_coordinator = is_coordinator
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        if self.is_coordinator and not self.overwrite and self._store().exists(MANIFEST_KEY):
+            raise AlreadyExists(f"a committed checkpoint exists at {self.uri}; pass "
+                                "overwrite=True to replace it")
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        return [replace(p, storage_data=_RankPrefix(f"r{i:05d}")) for i, p in enumerate(plans)]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        store = self._store()
+        prefix = plan.storage_data.prefix if isinstance(plan.storage_data, _RankPrefix) else "r"
+        leaves: list[Leaf] = []
+        for i, item in enumerate(plan.items):
+            data = planner.resolve_data(item)
+            if isinstance(data, io.BytesIO):
+                value: Any = np.frombuffer(data.getvalue(), dtype=np.uint8).copy()
+            else:
+                value = data.detach()
+            leaves.append(Leaf(f"{item.index.fqn}", value, i))
+        written = write_leaves(store, leaves, f"{self.save_id}-{prefix}",
+                               compression=self.compression, chunk_size=self.chunk_size,
+                               object_size=self.object_size, memory_budget=self.memory_budget)
+        results = []
+        for item, rec in zip(plan.items, written.tensors, strict=True):
+            used = sorted({seg.chunk for seg in rec.segments})
+            remap = {ci: n for n, ci in enumerate(used)}
+            loc = _ItemLocation(
+                dtype=rec.dtype if rec.kind == "torch" else "uint8", shape=rec.shape,
+                nbytes=rec.nbytes, is_bytes=item.type == WriteItemType.BYTE_IO,
+                chunks=tuple(written.chunks[ci] for ci in used),
+                segments=tuple((remap[seg.chunk], seg.offset, seg.length)
+                               for seg in rec.segments))
+            results.append(WriteResult(index=item.index, size_in_bytes=rec.nbytes,
+                                       storage_data=loc))
+        fut: Future[list[WriteResult]] = Future()  # DCP waits on torch futures
+        fut.set_result(results)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        store = self._store()
+        chunks: list[ChunkRecord] = []
+        where: dict[tuple[str, int], int] = {}
+        tensors: list[TensorRecord] = []
+        index: list[Any] = []
+        for rank_results in results:
+            for wr in rank_results:
+                loc: _ItemLocation = wr.storage_data
+                gmap = []
+                for c in loc.chunks:
+                    k = (c.object, c.offset)
+                    if k not in where:
+                        where[k] = len(chunks)
+                        chunks.append(c)
+                    gmap.append(where[k])
+                offset = list(wr.index.offset) if wr.index.offset is not None else None
+                tensors.append(TensorRecord(
+                    path=f"{wr.index.fqn}@{offset}", kind="torch", dtype=loc.dtype,
+                    shape=loc.shape, nbytes=loc.nbytes, device="cpu",
+                    segments=tuple(Segment(gmap[ci], off, n) for ci, off, n in loc.segments)))
+                index.append([wr.index.fqn, offset, len(tensors) - 1, loc.is_bytes])
+        tree: dict[str, list[Any]] = {}
+        for fqn, _offset, ti, _b in index:
+            tree.setdefault(fqn, []).append({"t": "leaf", "i": ti})
+        json_tree = {"t": "dict", "items": [[k, {"t": "list", "items": v}] for k, v in tree.items()]}
+        meta = {**self.user_metadata, DCP_KEY: _encode_metadata(metadata, index)}
+        manifest = Manifest(save_id=self.save_id, created=datetime.now(timezone.utc).isoformat(),
+                            library_version=__version__, tree=json_tree, tensors=tuple(tensors),
+                            chunks=tuple(chunks), metadata=meta)
+        commit_manifest(store, manifest, overwrite=self.overwrite)
+
+    def storage_meta(self) -> StorageMeta | None:
+        return StorageMeta(checkpoint_id=self.uri, save_id=self.save_id)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        try:
+            parse_uri(checkpoint_id)
+        except InvalidURI:
+            return False
+        return True
+
+
+def _encode_metadata(md: Metadata, index: list[Any]) -> dict[str, Any]:
+    sdm: dict[str, Any] = {}
+    for fqn, m in md.state_dict_metadata.items():
+        if isinstance(m, BytesStorageMetadata):
+            sdm[fqn] = {"type": "bytes"}
+        else:
+            p = m.properties
+            sdm[fqn] = {"type": "tensor", "dtype": dtype_name(p.dtype),
+                        "requires_grad": bool(p.requires_grad), "size": list(m.size),
+                        "chunks": [[list(c.offsets), list(c.sizes)] for c in m.chunks]}
+    planner_tree, leaves = encode_tree(md.planner_data)
+    if leaves:
+        raise CorruptCheckpoint("DCP planner data unexpectedly holds tensors")
+    sm = md.storage_meta
+    return {"version": md.version, "state_dict_metadata": sdm, "planner_data": planner_tree,
+            "storage_meta": None if sm is None else {
+                "checkpoint_id": None if sm.checkpoint_id is None else str(sm.checkpoint_id),
+                "save_id": sm.save_id, "load_id": sm.load_id, "modules": list(sm.modules)},
+            "index": index}
+
+
+def _decode_metadata(d: Any) -> tuple[Metadata, dict[MetadataIndex, int]]:
+    try:
+        sdm: dict[str, Any] = {}
+        for fqn, m in d["state_dict_metadata"].items():
+            if m["type"] == "bytes":
+                sdm[fqn] = BytesStorageMetadata()
+                continue
+            dt = getattr(torch, m["dtype"])
+            if not isinstance(dt, torch.dtype):
+                raise CorruptCheckpoint(f"unknown dtype {m['dtype']!r}")
+            sdm[fqn] = TensorStorageMetadata(
+                properties=TensorProperties(dtype=dt, requires_grad=bool(m["requires_grad"])),
+                size=torch.Size(m["size"]),
+                chunks=[ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s))
+                        for o, s in m["chunks"]])
+        storage: dict[MetadataIndex, int] = {}
+        for fqn, offset, ti, _is_bytes in d["index"]:
+            idx = MetadataIndex(fqn=fqn, offset=None if offset is None else torch.Size(offset))
+            storage[idx] = int(ti)
+        sm = d.get("storage_meta")
+        meta = Metadata(state_dict_metadata=sdm,
+                        planner_data=decode_tree(d["planner_data"], lambda i: None),
+                        storage_data=storage, version=d.get("version"),
+                        storage_meta=None if sm is None else StorageMeta(**sm))
+        return meta, storage
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CorruptCheckpoint(f"invalid DCP metadata in manifest: {e}") from e
+
+
+class Reader(_Target, StorageReader):
+    """Reads a DCP checkpoint written by :class:`Writer`, verifying every chunk."""
+
+    def __init__(self, uri: str | os.PathLike[str] | Store | None = None, *,
+                 storage_options: Mapping[str, Any] | None = None, verify: bool = True,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+        _Target.__init__(self, uri, storage_options)
+        self.verify, self.memory_budget = verify, memory_budget
+        self._manifest: Manifest | None = None
+        self._storage: dict[MetadataIndex, int] = {}
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        self._retarget(checkpoint_id)
+        self._manifest = None
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        m = read_manifest(self._store())
+        if DCP_KEY not in m.metadata:
+            raise CorruptCheckpoint(f"{self.uri} is a cloudckpt checkpoint but not a DCP one; "
+                                    "use cloudckpt.load")
+        self._manifest = m
+        md, self._storage = _decode_metadata(m.metadata[DCP_KEY])
+        return md
+
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
+                              **kwargs: Any) -> None:
+        if self._manifest is None:
+            self.read_metadata()
+        if isinstance(metadata.storage_data, dict):
+            self._storage = metadata.storage_data
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def _lookup(self, index: MetadataIndex) -> int:
+        key = MetadataIndex(fqn=index.fqn, offset=index.offset)
+        if key not in self._storage:
+            raise CorruptCheckpoint(f"{self.uri}: no stored item for {index.fqn} at {index.offset}")
+        return self._storage[key]
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        if self._manifest is None:
+            self.read_metadata()
+        m = self._manifest
+        assert m is not None
+        store = self._store()
+        needed = sorted({self._lookup(item.storage_index) for item in plan.items})
+        values = read_leaves(m, needed, store, storage_options=self.storage_options,
+                             verify=self.verify, memory_budget=self.memory_budget)
+        for item in plan.items:
+            src = values[self._lookup(item.storage_index)]
+            if item.type.name == "BYTE_IO":
+                planner.load_bytes(item, io.BytesIO(src.numpy().tobytes()))
+                continue
+            for dim, (off, length) in enumerate(zip(item.storage_offsets, item.lengths,
+                                                    strict=True)):
+                src = src.narrow(dim, off, length)
+            target = planner.resolve_tensor(item).detach()
+            if target.shape != src.shape:
+                raise CorruptCheckpoint(f"{item.storage_index.fqn}: stored shard {list(src.shape)}"
+                                        f" does not fit the requested {list(target.shape)}")
+            target.copy_(src)
+            planner.commit_tensor(item, target)
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return Writer.validate_checkpoint_id(checkpoint_id)

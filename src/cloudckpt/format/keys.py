@@ -1,0 +1,85 @@
+"""Object keys: how keys are validated, and where each record lives. Pure, no I/O.
+
+Under a checkpoint root::
+
+    manifest.json                  the commit record, written last (create-only)
+    data/<save_id>/<n>.bin         data objects of the save with that id
+
+Under a run root (the manager's layout)::
+
+    step-000000000100/manifest.json, data/...   one checkpoint
+    step-000000000100/tier.json                  its storage class, after an in-place move
+    archived/step-000000000100.json              pointer to a copy moved to an archive URI
+    pins/step-000000000100                       the user pinned this step
+
+Keys are relative POSIX paths that can never leave the root they are relative to.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cloudckpt.errors import InvalidKey
+
+__all__ = ["DATA_PREFIX", "MANIFEST_KEY", "STEP_RE", "TIER_FILE", "archived_key", "data_key", "join_key",
+           "parse_step_dir", "pin_key", "step_dir", "tier_key", "validate_key"]
+
+MANIFEST_KEY = "manifest.json"
+DATA_PREFIX = "data"
+TIER_FILE = "tier.json"
+STEP_RE = re.compile(r"^step-(\d{12})$")
+
+
+def validate_key(key: str) -> str:
+    """Check that ``key`` is a relative object key that stays inside the store's root.
+    Any caller; pure.
+
+    Raises:
+        InvalidKey: empty, absolute, containing ``.``/``..``/empty segments, backslashes or
+            NUL bytes.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"object key must be a non-empty string, got {key!r}")
+    if key.startswith("/"):
+        raise InvalidKey(f"object key {key!r} is absolute; keys are relative to the store root")
+    if "\\" in key or "\x00" in key:
+        raise InvalidKey(f"object key {key!r} contains a backslash or NUL byte")
+    for seg in key.split("/"):
+        if seg in ("", ".", ".."):
+            raise InvalidKey(
+                f"object key {key!r} has an empty, '.' or '..' segment; keys cannot leave the store root"
+            )
+    return key
+
+
+def join_key(*parts: str) -> str:
+    """Join key fragments with ``/`` and validate the result (raises :class:`InvalidKey`)."""
+    return validate_key("/".join(p.strip("/") for p in parts if p))
+
+
+def data_key(save_id: str, n: int) -> str:
+    """The key of data object ``n`` of the save ``save_id``."""
+    return f"{DATA_PREFIX}/{save_id}/{n:06d}.bin"
+
+
+def step_dir(step: int) -> str:
+    """The sub-prefix of a run root that holds the checkpoint of ``step``."""
+    return f"step-{step:012d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    """The step of a ``step-NNNNNNNNNNNN`` name, or ``None`` for any other name."""
+    m = STEP_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def archived_key(step: int) -> str:
+    return f"archived/{step_dir(step)}.json"
+
+
+def pin_key(step: int) -> str:
+    return f"pins/{step_dir(step)}"
+
+
+def tier_key(step: int) -> str:
+    return f"{step_dir(step)}/{TIER_FILE}"
