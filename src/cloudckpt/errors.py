@@ -84,6 +84,11 @@ class CorruptCheckpoint(CloudckptError, ValueError):
     manifest itself is malformed."""
 
 
+class UntrustedCheckpoint(CorruptCheckpoint):
+    """A verification key is configured and the checkpoint's manifest is unsigned, signed with
+    an unknown key, or its signature does not match: it may have been forged."""
+
+
 class IncompleteCheckpoint(NotFound):
     """Data objects exist under a checkpoint URI but no committed manifest does: a save that
     crashed or is still in flight. Nothing under it is loadable."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -110,14 +112,22 @@ def test_existing_checkpoint_needs_overwrite(stores: StoreFactory) -> None:
     with pytest.raises(AlreadyExists, match="overwrite=True"):
         cloudckpt.save({"v": torch.ones(3)}, uri, storage_options=opts)
     assert_same({"v": torch.zeros(3)}, cloudckpt.load(uri, storage_options=opts))
-    cloudckpt.save({"v": torch.ones(3)}, uri, storage_options=opts, overwrite=True)
-    assert_same({"v": torch.ones(3)}, cloudckpt.load(uri, storage_options=opts))
-    # the replaced save's data is gone: exactly the new manifest's objects remain
+    from cloudckpt.engine.commit import sweep_superseded
     from cloudckpt.format.keys import DATA_PREFIX
     from cloudckpt.storage import open_store
 
     st = open_store(uri, storage_options=opts)
-    assert {o.key for o in st.list(DATA_PREFIX)} == set(cloudckpt.inspect(st).objects)
+    old = set(cloudckpt.inspect(st).objects)
+    cloudckpt.save({"v": torch.ones(3)}, uri, storage_options=opts, overwrite=True)
+    assert_same({"v": torch.ones(3)}, cloudckpt.load(uri, storage_options=opts))
+    new = set(cloudckpt.inspect(st).objects)
+    # the replaced save's data outlives the overwrite (readers in flight), marked superseded
+    assert {o.key for o in st.list(DATA_PREFIX)} == old | new
+    assert sweep_superseded(st, grace=3600.0, now=time.time()) == 0
+    # ... and goes once the grace period has passed: exactly the new manifest's objects remain
+    assert sweep_superseded(st, grace=3600.0, now=time.time() + 7200) == len(old) + 1
+    assert {o.key for o in st.list(DATA_PREFIX)} == new
+    assert_same({"v": torch.ones(3)}, cloudckpt.load(uri, storage_options=opts))
 
 
 def test_bad_arguments(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -16,15 +16,32 @@ the committed manifest (if any) does not reference.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 
+from cloudckpt.engine.trust import resolve_signer, resolve_verifier
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, IncompleteCheckpoint, NotFound
-from cloudckpt.format.keys import DATA_PREFIX, MANIFEST_KEY
-from cloudckpt.format.manifest import Manifest, decode_manifest, encode_manifest
+from cloudckpt.format.keys import (
+    DATA_PREFIX,
+    MANIFEST_KEY,
+    SAVE_ID_RE,
+    SUPERSEDED_PREFIX,
+    superseded_key,
+)
+from cloudckpt.format.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+)
+from cloudckpt.format.signing import Signer, Verifier
 from cloudckpt.storage import ObjectInfo, Store, copy_object
 
-__all__ = ["commit_manifest", "copy_checkpoint", "delete_checkpoint", "discard",
-           "find_orphans", "read_manifest"]
+#: Replaced saves' data outlives the overwrite by this long (seconds), for readers in flight.
+SUPERSEDED_GRACE = 3600.0
+
+__all__ = ["SUPERSEDED_GRACE", "commit_manifest", "copy_checkpoint", "delete_checkpoint", "discard",
+           "find_orphans", "read_manifest", "read_manifest_bytes", "sweep_superseded"]
 
 
 def discard(store: Store, keys: Iterable[str]) -> None:
@@ -38,11 +55,18 @@ def discard(store: Store, keys: Iterable[str]) -> None:
 
 
 def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False,
-                    previous: Manifest | None = None) -> None:
+                    previous: Manifest | None = None, signer: Signer | None = None,
+                    grace: float = SUPERSEDED_GRACE, now: float | None = None) -> None:
     """Make ``manifest`` the committed checkpoint at ``store``: one create-only write (a plain
-    write when ``overwrite``). Call once, from the one process that owns the save, after all
-    of its data objects are complete. After an overwrite, the data of ``previous`` that the
-    new manifest does not reference is discarded.
+    write when ``overwrite``), signed by ``signer`` (or the environment's signing key, see
+    :mod:`cloudckpt.engine.trust`). Call once, from the one process that owns the save, after
+    all of its data objects are complete.
+
+    After an overwrite, the replaced save's data is *not* deleted at once: a reader that read
+    the old manifest may still be fetching it. Its data prefix is marked superseded (a
+    ``superseded/<save_id>`` object), and the data of saves superseded more than ``grace``
+    seconds ago is deleted (:func:`sweep_superseded`). Only ``data/<save_id>/`` objects of
+    those saves are ever deleted here, never a manifest.
 
     Raises:
         AlreadyExists: another save committed first (``overwrite`` false); this save's data
@@ -50,25 +74,69 @@ def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False
         StorageError: the write failed; nothing was committed.
     """
     try:
-        store.put(MANIFEST_KEY, encode_manifest(manifest), create_only=not overwrite)
+        store.put(MANIFEST_KEY, encode_manifest(manifest, resolve_signer(signer)),
+                  create_only=not overwrite)
     except AlreadyExists:
         discard(store, manifest.objects)
         raise AlreadyExists(f"another save committed {store.uri} first; this one was discarded"
                             ) from None
-    if previous is not None:
-        discard(store, set(previous.objects) - set(manifest.objects))
+    if previous is not None and previous.save_id != manifest.save_id \
+            and SAVE_ID_RE.match(previous.save_id):
+        with contextlib.suppress(Exception):  # housekeeping: GC covers whatever is left
+            store.put(superseded_key(previous.save_id), b"{}")
+    with contextlib.suppress(Exception):
+        sweep_superseded(store, grace, time.time() if now is None else now,
+                         keep=manifest.save_id)
 
 
-def read_manifest(store: Store) -> Manifest:
-    """Read and validate the committed manifest of the checkpoint rooted at ``store``.
+def sweep_superseded(store: Store, grace: float, now: float, keep: str | None = None) -> int:
+    """Delete the data of saves superseded (overwritten) more than ``grace`` seconds before
+    ``now``, and their markers; ``keep`` (the committed save) is never touched. Returns the
+    number of objects deleted. Safe to interrupt and re-run. Any caller.
 
     Raises:
+        StorageError: listing or deleting failed.
+    """
+    deleted = 0
+    for marker in store.list(SUPERSEDED_PREFIX):
+        save_id = marker.key[len(SUPERSEDED_PREFIX) + 1:]
+        if save_id == keep or not SAVE_ID_RE.match(save_id):
+            continue
+        if marker.mtime is not None and now - marker.mtime.timestamp() < grace:
+            continue
+        keys = [o.key for o in store.list(f"{DATA_PREFIX}/{save_id}")]
+        store.delete_many(keys)
+        store.delete(marker.key)
+        deleted += len(keys) + 1
+    return deleted
+
+
+def read_manifest_bytes(store: Store, key: str = MANIFEST_KEY) -> bytes:
+    """The bytes of a manifest, read capped at the format's size limit. Any caller.
+
+    Raises:
+        NotFound: no such object. CorruptCheckpoint: larger than the format allows.
+    """
+    raw = store.get_range(key, 0, MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CorruptCheckpoint(f"{store.uri}/{key}: larger than the {MAX_MANIFEST_BYTES} "
+                                "bytes a manifest may have")
+    return raw
+
+
+def read_manifest(store: Store, verifier: Verifier | None = None) -> Manifest:
+    """Read and validate the committed manifest of the checkpoint rooted at ``store``. With a
+    ``verifier`` (or verification keys in the environment, see :mod:`cloudckpt.engine.trust`)
+    its signature must verify. Any caller.
+
+    Raises:
+        UntrustedCheckpoint: a verification key is set and the signature is missing or bad.
         IncompleteCheckpoint: data objects exist but no manifest (a crashed or in-flight save).
         NotFound: nothing there at all.
         CorruptCheckpoint: the manifest does not validate (the message names its URI).
     """
     try:
-        raw = store.get(MANIFEST_KEY)
+        raw = read_manifest_bytes(store)
     except NotFound:
         if store.list(DATA_PREFIX):
             raise IncompleteCheckpoint(
@@ -77,9 +145,9 @@ def read_manifest(store: Store) -> Manifest:
             ) from None
         raise NotFound(f"no checkpoint at {store.uri} (no {MANIFEST_KEY})") from None
     try:
-        return decode_manifest(raw)
+        return decode_manifest(raw, resolve_verifier(verifier))
     except CorruptCheckpoint as e:
-        raise CorruptCheckpoint(f"{store.uri}/{MANIFEST_KEY}: {e}") from e
+        raise type(e)(f"{store.uri}/{MANIFEST_KEY}: {e}") from e
 
 
 def find_orphans(store: Store, manifest: Manifest | None) -> list[ObjectInfo]:
@@ -92,7 +160,7 @@ def find_orphans(store: Store, manifest: Manifest | None) -> list[ObjectInfo]:
 def delete_checkpoint(store: Store) -> int:
     """Delete the checkpoint at ``store``: manifest first, then every data object. Returns
     the number of objects deleted. Safe to re-run after a crash."""
-    objs = store.list(DATA_PREFIX)
+    objs = store.list(DATA_PREFIX) + store.list(SUPERSEDED_PREFIX)
     store.delete(MANIFEST_KEY)
     store.delete_many([o.key for o in objs])
     return len(objs) + 1
@@ -108,7 +176,7 @@ def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
         AlreadyExists: ``dst`` holds a *different* committed checkpoint.
         CorruptCheckpoint: a copied object has the wrong size.
     """
-    manifest_bytes = src.get(MANIFEST_KEY)
+    manifest_bytes = read_manifest_bytes(src)
     manifest = decode_manifest(manifest_bytes)
     for key in manifest.objects:
         if key.startswith("@"):

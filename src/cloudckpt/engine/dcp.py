@@ -16,13 +16,18 @@ Commit: ranks write data objects only; the coordinator writes the manifest last,
 in ``finish``, which DCP calls only after every rank's ``write_data`` succeeded: a failure on any
 rank means no commit. The manifest is a regular cloudckpt manifest (``cloudckpt ls/verify/show``
 work on it) whose metadata holds DCP's ``Metadata`` encoded as JSON: our metadata is never
-pickled. (Non-tensor values in a DCP state dict are serialised by DCP's own planner with
-``torch.save``/``torch.load``; keep untrusted checkpoints to tensors, or use cloudckpt.save.)
+pickled, and neither are non-tensor values: DCP's planners would ``torch.save`` them into
+"bytes" items and ``torch.load`` them back (an unpickle of whatever the bucket holds). Here the
+writer stores each such value with cloudckpt's own tree encoding (JSON, :data:`SAFE_BYTES_MAGIC`
+first), and the reader decodes it with the same safe decoder before handing DCP a stream it
+built itself from the decoded plain values; a bytes item in any other encoding (a pickle) is
+refused with :class:`~cloudckpt.errors.CorruptCheckpoint`, whatever the manifest claims.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -60,16 +65,64 @@ from cloudckpt.engine.writer import (
     DEFAULT_OBJECT_SIZE,
     write_leaves,
 )
-from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidURI
+from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidURI, UnsupportedValue
 from cloudckpt.format.chunking import dtype_name
 from cloudckpt.format.keys import MANIFEST_KEY
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord
+from cloudckpt.format.signing import Signer, Verifier
 from cloudckpt.format.tree import Leaf, decode_tree, encode_tree
 from cloudckpt.storage import Store, open_store, parse_uri
 
 __all__ = ["Reader", "Writer"]
 
 DCP_KEY = "cloudckpt.dcp"
+#: First bytes of a non-tensor value stored by :class:`Writer` (JSON tree encoding follows).
+SAFE_BYTES_MAGIC = b"cloudckpt-tree/1\n"
+
+
+def _encode_value(item: Any, planner: SavePlanner) -> np.ndarray:  # type: ignore[type-arg]
+    """A bytes item's value in the safe encoding: the original object (not DCP's pickle).
+
+    Raises:
+        UnsupportedValue: the planner cannot hand out the original object, or the value
+            holds tensors or types the tree encoding cannot store.
+    """
+    lookup = getattr(planner, "lookup_object", None)
+    if lookup is None:
+        raise UnsupportedValue(
+            f"{item.index.fqn}: non-tensor values need a planner with lookup_object (DCP's "
+            "DefaultSavePlanner has it); cloudckpt never stores them pickled")
+    tree, leaves = encode_tree(lookup(item.index))
+    if leaves:
+        raise UnsupportedValue(f"{item.index.fqn}: tensors inside a non-tensor value")
+    body = SAFE_BYTES_MAGIC + json.dumps(tree, separators=(",", ":"), allow_nan=False).encode()
+    return np.frombuffer(body, dtype=np.uint8).copy()
+
+
+def _decode_value(raw: bytes, fqn: str) -> io.BytesIO:
+    """Decode a stored bytes item safely and return the stream DCP's ``load_bytes`` expects.
+    The stream is ``torch.save`` of the decoded plain values, built here: DCP's planner
+    loads it, and nothing it unpickles came from storage.
+
+    Raises:
+        CorruptCheckpoint: not in the safe encoding (e.g. a pickle), or malformed.
+    """
+    if not raw.startswith(SAFE_BYTES_MAGIC):
+        raise CorruptCheckpoint(f"{fqn}: stored non-tensor value is not in cloudckpt's safe "
+                                "encoding (refusing to unpickle it)")
+    try:
+        tree = json.loads(raw[len(SAFE_BYTES_MAGIC):])
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise CorruptCheckpoint(f"{fqn}: stored non-tensor value is not valid JSON") from e
+
+    def no_leaf(i: int) -> Any:
+        raise CorruptCheckpoint(f"{fqn}: stored non-tensor value references tensor {i}")
+
+    value = decode_tree(tree, no_leaf)
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    buf.seek(0)
+    return buf
 
 
 @dataclass(frozen=True)
@@ -116,15 +169,16 @@ class _Target:
 
 class Writer(_Target, StorageWriter):
     """Writes a DCP checkpoint to ``uri`` (any cloudckpt URI). ``overwrite`` replaces a
-    committed checkpoint. Options as for :func:`cloudckpt.save`."""
+    committed checkpoint. Options (``signer`` included) as for :func:`cloudckpt.save`."""
 
     def __init__(self, uri: str | os.PathLike[str] | Store | None = None, *,
                  storage_options: Mapping[str, Any] | None = None, compression: str = "auto",
                  overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  object_size: int = DEFAULT_OBJECT_SIZE,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 metadata: Mapping[str, Any] | None = None) -> None:
+                 metadata: Mapping[str, Any] | None = None, signer: Signer | None = None) -> None:
         _Target.__init__(self, uri, storage_options)
+        self.signer = signer
         self.compression, self.overwrite = compression, overwrite
         self.chunk_size, self.object_size = chunk_size, object_size
         self.memory_budget = memory_budget
@@ -153,11 +207,10 @@ class Writer(_Target, StorageWriter):
         prefix = plan.storage_data.prefix if isinstance(plan.storage_data, _RankPrefix) else "r"
         leaves: list[Leaf] = []
         for i, item in enumerate(plan.items):
-            data = planner.resolve_data(item)
-            if isinstance(data, io.BytesIO):
-                value: Any = np.frombuffer(data.getvalue(), dtype=np.uint8).copy()
+            if item.type == WriteItemType.BYTE_IO:
+                value: Any = _encode_value(item, planner)
             else:
-                value = data.detach()
+                value = planner.resolve_data(item).detach()  # type: ignore[union-attr]
             leaves.append(Leaf(f"{item.index.fqn}", value, i))
         written = write_leaves(store, leaves, f"{self.save_id}-{prefix}",
                                compression=self.compression, chunk_size=self.chunk_size,
@@ -208,7 +261,7 @@ class Writer(_Target, StorageWriter):
         manifest = Manifest(save_id=self.save_id, created=datetime.now(timezone.utc).isoformat(),
                             library_version=__version__, tree=json_tree, tensors=tuple(tensors),
                             chunks=tuple(chunks), metadata=meta)
-        commit_manifest(store, manifest, overwrite=self.overwrite)
+        commit_manifest(store, manifest, overwrite=self.overwrite, signer=self.signer)
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.uri, save_id=self.save_id)
@@ -277,8 +330,10 @@ class Reader(_Target, StorageReader):
 
     def __init__(self, uri: str | os.PathLike[str] | Store | None = None, *,
                  storage_options: Mapping[str, Any] | None = None, verify: bool = True,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 verifier: Verifier | None = None) -> None:
         _Target.__init__(self, uri, storage_options)
+        self.verifier = verifier
         self.verify, self.memory_budget = verify, memory_budget
         self._manifest: Manifest | None = None
         self._storage: dict[MetadataIndex, int] = {}
@@ -288,7 +343,7 @@ class Reader(_Target, StorageReader):
         self._manifest = None
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        m = read_manifest(self._store())
+        m = read_manifest(self._store(), self.verifier)
         if DCP_KEY not in m.metadata:
             raise CorruptCheckpoint(f"{self.uri} is a cloudckpt checkpoint but not a DCP one; "
                                     "use cloudckpt.load")
@@ -327,7 +382,7 @@ class Reader(_Target, StorageReader):
         for item in plan.items:
             src = values[self._lookup(item.storage_index)]
             if item.type.name == "BYTE_IO":
-                planner.load_bytes(item, io.BytesIO(src.numpy().tobytes()))
+                planner.load_bytes(item, _decode_value(src.numpy().tobytes(), item.storage_index.fqn))
                 continue
             for dim, (off, length) in enumerate(zip(item.storage_offsets, item.lengths,
                                                     strict=True)):

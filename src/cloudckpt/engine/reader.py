@@ -23,6 +23,7 @@ from cloudckpt.engine.pool import run_bounded
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 from cloudckpt.format.checksums import decode_chunk
 from cloudckpt.format.manifest import Manifest, TensorRecord
+from cloudckpt.format.signing import Verifier
 from cloudckpt.format.tree import decode_tree, leaf_indices, select
 from cloudckpt.storage import Store, open_store
 from cloudckpt.storage.uri import StoreURI
@@ -34,13 +35,14 @@ _SIBLING_PREFIX = "@"
 
 
 def inspect(uri: str | os.PathLike[str] | Store, *,
-            storage_options: Mapping[str, Any] | None = None) -> Manifest:
+            storage_options: Mapping[str, Any] | None = None,
+            verifier: Verifier | None = None) -> Manifest:
     """The validated manifest of the checkpoint at ``uri``; reads no tensor data.
 
     Raises:
         NotFound, IncompleteCheckpoint, CorruptCheckpoint: see :func:`load`.
     """
-    return read_manifest(open_store(uri, storage_options=storage_options))
+    return read_manifest(open_store(uri, storage_options=storage_options), verifier)
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -51,16 +53,19 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 
 def _allocate(rec: TensorRecord) -> tuple[Any, np.ndarray]:
-    """An empty leaf of the recorded kind/dtype/shape and a writable uint8 view of it."""
+    """An empty leaf of the recorded kind/dtype/shape and a writable uint8 view of it. The
+    shape is checked against the recorded size (itself checked against the chunks) before
+    anything is allocated."""
     if rec.kind == "torch":
-        t = torch.empty(rec.shape, dtype=_torch_dtype(rec.dtype))
-        view = t.reshape(-1).view(torch.uint8).numpy()
-        if view.nbytes != rec.nbytes:
+        dt = _torch_dtype(rec.dtype)
+        itemsize = torch.empty((), dtype=dt).element_size()
+        if math.prod(rec.shape) * itemsize != rec.nbytes:
             raise CorruptCheckpoint(f"{rec.path}: {rec.nbytes} bytes do not fit {rec.dtype}{list(rec.shape)}")
-        return t, view
+        t = torch.empty(rec.shape, dtype=dt)
+        return t, t.reshape(-1).view(torch.uint8).numpy()
     try:
         dt = np.dtype(rec.dtype)
-    except TypeError as e:
+    except (TypeError, ValueError, SyntaxError) as e:
         raise CorruptCheckpoint(f"{rec.path}: unknown numpy dtype {rec.dtype!r}") from e
     if dt.hasobject or dt.kind == "V":
         raise CorruptCheckpoint(f"{rec.path}: refusing numpy dtype {rec.dtype!r}")
@@ -130,22 +135,26 @@ def _resolver(store: Store, storage_options: Mapping[str, Any] | None):  # type:
 def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
          keys: list[str] | None = None, verify: bool = True,
          storage_options: Mapping[str, Any] | None = None,
-         memory_budget: int = 256 * MiB, max_workers: int | None = None) -> Any:
+         memory_budget: int = 256 * MiB, max_workers: int | None = None,
+         verifier: Verifier | None = None) -> Any:
     """Load the checkpoint at ``uri`` and return the state as saved.
 
     ``map_location``: device for torch tensors (``"cpu"``, ``"cuda:0"``, a ``torch.device``),
     or ``None`` for the device each tensor was saved from when it exists here (else CPU).
     ``keys``: ``/``-separated dict keys of sub-trees to load (``["model"]``,
     ``["optimizer/state"]``); only their bytes are fetched. ``verify``: check stored and decoded
-    checksums (sizes are always checked). Any thread may call this.
+    checksums (sizes are always checked). ``verifier``: require a valid manifest signature
+    (default: the verification keys in the environment, see :mod:`cloudckpt.engine.trust`).
+    Any thread may call this.
 
     Raises:
         NotFound: nothing at ``uri``. IncompleteCheckpoint: data without a committed manifest.
         CorruptCheckpoint: a checksum, size or manifest check failed; names object and tensor.
+        UntrustedCheckpoint: a verification key is set and the signature is missing or bad.
         InvalidArgument: a key in ``keys`` is not in the checkpoint.
     """
     store = open_store(uri, storage_options=storage_options)
-    m = read_manifest(store)
+    m = read_manifest(store, verifier)
     try:
         tree = select(m.tree, keys) if keys else m.tree
     except KeyError as e:
@@ -204,7 +213,8 @@ def _fetch_all(m: Manifest, runs: list[_Run], jobs: dict[int, list[Any]], resolv
 
     def task(run: _Run) -> None:
         st, key = resolve(run.ref)
-        data = st.get(key) if run.whole else st.get_range(key, run.start, run.end)
+        # capped at the declared size; one byte more for a whole object detects appended data
+        data = st.get_range(key, run.start, run.end + (1 if run.whole else 0))
         if len(data) != run.end - run.start:
             paths = sorted({j[4] for ci in run.chunk_ids for j in jobs[ci]})
             raise CorruptCheckpoint(

@@ -18,9 +18,10 @@ from cloudckpt.engine.commit import read_manifest
 from cloudckpt.errors import CloudckptError, CorruptCheckpoint
 from cloudckpt.format.checksums import decode_chunk
 from cloudckpt.format.manifest import Manifest
+from cloudckpt.format.signing import Verifier
 from cloudckpt.storage import Store, open_store
 
-__all__ = ["VerifyReport", "verify"]
+__all__ = ["VerifyReport", "signature_status", "verify"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class VerifyReport:
     chunks: int
     stored_bytes: int
     problems: list[str] = field(default_factory=list)
+    #: "verified (alg, key)", "signed (alg, key), not checked" or "unsigned"
+    signature: str = "unsigned"
 
     @property
     def ok(self) -> bool:
@@ -48,16 +51,18 @@ def _tensors_of(m: Manifest) -> dict[int, list[str]]:
 
 def verify(uri: str | os.PathLike[str] | Store, *,
            storage_options: Mapping[str, Any] | None = None, max_workers: int = 8,
-           progress: Callable[[int], None] | None = None) -> VerifyReport:
+           progress: Callable[[int], None] | None = None,
+           verifier: Verifier | None = None) -> VerifyReport:
     """Check every checksum of the checkpoint at ``uri``. ``progress(n)`` is called with the
     stored bytes of each object checked. Any thread may call this.
 
     Raises:
         NotFound, IncompleteCheckpoint: no committed checkpoint at ``uri``.
         CorruptCheckpoint: the manifest itself does not validate.
+        UntrustedCheckpoint: a verification key is set and the signature is missing or bad.
     """
     store = open_store(uri, storage_options=storage_options)
-    m = read_manifest(store)
+    m = read_manifest(store, verifier)
     owners = _tensors_of(m)
     by_obj: dict[str, list[int]] = {}
     for i, c in enumerate(m.chunks):
@@ -72,7 +77,7 @@ def verify(uri: str | os.PathLike[str] | Store, *,
         try:
             if obj.startswith("@"):
                 raise CorruptCheckpoint("sibling references are verified with their owner")
-            data = memoryview(store.get(obj))
+            data = memoryview(store.get_range(obj, 0, size + 1))  # capped: declared size + 1
         except CloudckptError as e:
             found.append(f"{obj}: cannot read: {e}")
             data = memoryview(b"")
@@ -93,4 +98,15 @@ def verify(uri: str | os.PathLike[str] | Store, *,
 
     with ThreadPoolExecutor(max(1, min(max_workers, len(by_obj) or 1))) as pool:
         list(pool.map(check, by_obj))
-    return VerifyReport(store.uri, len(by_obj), len(m.chunks), m.stored_bytes, sorted(problems))
+    return VerifyReport(store.uri, len(by_obj), len(m.chunks), m.stored_bytes, sorted(problems),
+                        signature_status(m))
+
+
+def signature_status(m: Manifest) -> str:
+    """How ``m`` is signed, in words: ``verified (alg, key id)``, ``signed (alg, key id), not
+    checked`` (no verification key configured) or ``unsigned``."""
+    if m.signature is None:
+        return "unsigned"
+    alg, key_id = m.signature
+    return f"verified ({alg}, {key_id})" if m.signature_verified else \
+        f"signed ({alg}, {key_id}), not checked"

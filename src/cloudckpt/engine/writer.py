@@ -37,6 +37,7 @@ from cloudckpt.format.chunking import (
 from cloudckpt.format.codecs import check_compression, get_codec
 from cloudckpt.format.keys import MANIFEST_KEY, data_key
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord
+from cloudckpt.format.signing import Signer
 from cloudckpt.format.tree import Leaf, encode_tree
 from cloudckpt.storage import Store, open_store
 
@@ -106,14 +107,16 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
          metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
          chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
          memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
-         storage_class: str | None = None) -> SaveInfo:
+         storage_class: str | None = None, signer: Signer | None = None) -> SaveInfo:
     """Save ``state`` (nested dict/list/tuple of tensors, arrays and plain values) to ``uri``.
 
     ``compression``: ``"auto"`` (byte-grouped zstd for floats, zstd for the rest), ``"zstd"``,
     ``"none"``. ``metadata``: JSON-serialisable user data kept in the manifest.
     ``overwrite``: replace a committed checkpoint at ``uri``; readers see either the old or
-    the new one, never a mix. Any thread may call this; the state must not be mutated while it
-    runs (use the manager's async save for that).
+    the new one, never a mix. ``signer``: sign the manifest (default: the signing key in the
+    environment, see :mod:`cloudckpt.engine.trust`; unsigned when there is none). Any thread
+    may call this; the state must not be mutated while it runs (use the manager's async save
+    for that).
 
     Raises:
         AlreadyExists: ``uri`` holds a committed checkpoint and ``overwrite`` is false.
@@ -126,7 +129,7 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
                          storage_options=storage_options, metadata=metadata, overwrite=overwrite,
                          chunk_size=chunk_size, object_size=object_size,
                          memory_budget=memory_budget, max_workers=max_workers,
-                         storage_class=storage_class)
+                         storage_class=storage_class, signer=signer)
 
 
 def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | Store, *,
@@ -134,7 +137,7 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
                   metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
                   memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
-                  storage_class: str | None = None) -> SaveInfo:
+                  storage_class: str | None = None, signer: Signer | None = None) -> SaveInfo:
     """Write an already encoded state (:func:`cloudckpt.format.tree.encode_tree`) and commit it.
     The background half of :func:`save`, for callers that snapshot the leaves first (async
     saves). Same options and errors as :func:`save`."""
@@ -154,7 +157,7 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
     manifest = Manifest(save_id=save_id, created=datetime.now(timezone.utc).isoformat(),
                         library_version=_version, tree=tree, tensors=written.tensors,
                         chunks=written.chunks, metadata=meta)
-    commit_manifest(store, manifest, overwrite=overwrite, previous=previous)
+    commit_manifest(store, manifest, overwrite=overwrite, previous=previous, signer=signer)
     return SaveInfo(store.uri, save_id, manifest.raw_bytes, manifest.stored_bytes,
                     len(written.tensors), len(written.chunks), written.objects,
                     time.perf_counter() - t0)

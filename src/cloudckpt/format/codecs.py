@@ -79,7 +79,19 @@ class NoneCodec:
         out[:] = np.frombuffer(self.decode(stored, out.size, itemsize), dtype=np.uint8)
 
 
+def _check_frame(data: bytes | memoryview, size: int) -> None:
+    """Refuse a frame whose header promises more than ``size`` bytes, before allocating."""
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as e:
+        raise CorruptCheckpoint(f"zstd frame header cannot be read: {e}") from e
+    if declared > size:  # -1: unknown, then decompression itself is capped at ``size``
+        raise CorruptCheckpoint(f"zstd frame declares {declared} bytes where the record "
+                                f"allows {size} (refusing to allocate)")
+
+
 def _decompress(data: bytes | memoryview, size: int) -> bytes:
+    _check_frame(data, size)
     try:
         out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
     except zstandard.ZstdError as e:
@@ -91,6 +103,7 @@ def _decompress(data: bytes | memoryview, size: int) -> bytes:
 
 def _decompress_into(data: bytes | memoryview, out: np.ndarray) -> None:
     """zstd-decode ``data`` into ``out``, which it must fill exactly."""
+    _check_frame(data, out.size)
     try:
         with zstandard.ZstdDecompressor().stream_reader(data) as reader:
             got = reader.readinto(out.data)

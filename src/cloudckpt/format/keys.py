@@ -4,6 +4,8 @@ Under a checkpoint root::
 
     manifest.json                  the commit record, written last (create-only)
     data/<save_id>/<n>.bin         data objects of the save with that id
+    superseded/<save_id>           that save was replaced by an overwrite (its data is kept
+                                   for a grace period, for readers in flight)
 
 Under a run root (the manager's layout)::
 
@@ -21,11 +23,15 @@ import re
 
 from cloudckpt.errors import InvalidKey
 
-__all__ = ["DATA_PREFIX", "MANIFEST_KEY", "STEP_RE", "TIER_FILE", "archived_key", "data_key", "join_key",
-           "parse_step_dir", "pin_key", "step_dir", "tier_key", "validate_key"]
+__all__ = ["DATA_PREFIX", "MANIFEST_KEY", "SAVE_ID_RE", "STEP_RE", "SUPERSEDED_PREFIX", "TIER_FILE",
+           "archived_key", "data_key", "join_key",
+           "parse_step_dir", "pin_key", "step_dir", "superseded_key", "tier_key", "validate_key"]
 
 MANIFEST_KEY = "manifest.json"
 DATA_PREFIX = "data"
+#: ``superseded/<save_id>``: that save was replaced by an overwrite at the marker's mtime
+SUPERSEDED_PREFIX = "superseded"
+SAVE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 TIER_FILE = "tier.json"
 STEP_RE = re.compile(r"^step-(\d{12})$")
 
@@ -60,6 +66,11 @@ def join_key(*parts: str) -> str:
 def data_key(save_id: str, n: int) -> str:
     """The key of data object ``n`` of the save ``save_id``."""
     return f"{DATA_PREFIX}/{save_id}/{n:06d}.bin"
+
+
+def superseded_key(save_id: str) -> str:
+    """The marker saying the save ``save_id`` was replaced by an overwrite."""
+    return f"{SUPERSEDED_PREFIX}/{save_id}"
 
 
 def step_dir(step: int) -> str:

@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudckpt.errors import CorruptCheckpoint
+from cloudckpt.errors import CorruptCheckpoint, UntrustedCheckpoint
 from cloudckpt.format.codecs import is_known_codec
 from cloudckpt.format.keys import validate_key
+from cloudckpt.format.signing import DOMAIN, Signer, Verifier
 
 __all__ = ["FORMAT_VERSION", "ChunkRecord", "Manifest", "Segment", "TensorRecord",
            "decode_manifest", "encode_manifest"]
@@ -33,6 +34,12 @@ __all__ = ["FORMAT_VERSION", "ChunkRecord", "Manifest", "Segment", "TensorRecord
 FORMAT_NAME = "cloudckpt-manifest"
 FORMAT_VERSION = 1
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
+_DEVICE = re.compile(r"^[a-z][a-z0-9_]{0,15}(:[0-9]{1,5})?$")
+_DTYPE = re.compile(r"^[A-Za-z0-9_<>|=]{1,32}$")
+#: Format limits: a manifest, a chunk and the dimensions of a tensor never exceed these.
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+MAX_CHUNK_BYTES = 1 << 31
+MAX_DIMS = 64
 _SIBLING = re.compile(r"^@([A-Za-z0-9._=-]+)/(.+)$")
 
 
@@ -85,6 +92,10 @@ class Manifest:
     chunks: tuple[ChunkRecord, ...]
     metadata: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    #: ``(alg, key_id)`` of the header's signature when there is one (not part of the body)
+    signature: tuple[str, str] | None = field(default=None, compare=False)
+    #: whether that signature was checked against a verification key and matched
+    signature_verified: bool = field(default=False, compare=False)
 
     @property
     def raw_bytes(self) -> int:
@@ -100,8 +111,8 @@ class Manifest:
         return list(dict.fromkeys(c.object for c in self.chunks))
 
 
-def encode_manifest(m: Manifest) -> bytes:
-    """Serialise ``m`` (header line + body)."""
+def encode_manifest(m: Manifest, signer: Signer | None = None) -> bytes:
+    """Serialise ``m`` (header line + body), signed by ``signer`` when given."""
     body = json.dumps({
         "save_id": m.save_id,
         "created": m.created,
@@ -115,10 +126,13 @@ def encode_manifest(m: Manifest) -> bytes:
         "totals": {"raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes,
                    "tensors": len(m.tensors), "chunks": len(m.chunks)},
     }, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode()
-    header = json.dumps({"format": FORMAT_NAME, "format_version": m.format_version,
-                         "body_length": len(body),
-                         "body_sha256": hashlib.sha256(body).hexdigest()},
-                        separators=(",", ":")).encode()
+    head: dict[str, Any] = {"format": FORMAT_NAME, "format_version": m.format_version,
+                            "body_length": len(body),
+                            "body_sha256": hashlib.sha256(body).hexdigest()}
+    if signer is not None:
+        head["signature"] = {"alg": signer.alg, "key_id": signer.key_id,
+                             "value": signer.sign(DOMAIN + body).hex()}
+    header = json.dumps(head, separators=(",", ":")).encode()
     return header + b"\n" + body
 
 
@@ -166,6 +180,8 @@ def _chunk(v: Any, i: int) -> ChunkRecord:
                     _int(v[2], "chunk stored_size"), _int(v[3], "chunk raw_size"),
                     _str(v[4], "chunk codec"), _int(v[5], "chunk itemsize", 1),
                     _str(v[6], "stored checksum"), _str(v[7], "raw checksum"))
+    if max(c.raw_size, c.stored_size) > MAX_CHUNK_BYTES:
+        raise _fail(f"chunk {i} is larger than the format allows ({MAX_CHUNK_BYTES} bytes)")
     if not is_known_codec(c.codec):
         raise _fail(f"chunk {i} has unknown codec {c.codec!r}")
     if not (_HEX16.match(c.stored_xxh3) and _HEX16.match(c.raw_xxh3)):
@@ -181,6 +197,8 @@ def _tensor(v: Any, i: int, chunks: tuple[ChunkRecord, ...]) -> TensorRecord:
         raise _fail(f"tensor {i} has unknown kind {kind!r}")
     if not isinstance(v[3], list) or not isinstance(v[6], list):
         raise _fail(f"tensor {i} shape/segments must be lists")
+    if len(v[3]) > MAX_DIMS:
+        raise _fail(f"tensor {i} has more than {MAX_DIMS} dimensions")
     segs = []
     for s in v[6]:
         if not isinstance(s, list) or len(s) != 3:
@@ -193,15 +211,42 @@ def _tensor(v: Any, i: int, chunks: tuple[ChunkRecord, ...]) -> TensorRecord:
     t = TensorRecord(_str(v[0], "tensor path"), kind, _str(v[2], "tensor dtype"),
                      tuple(_int(d, "tensor dim") for d in v[3]), _int(v[4], "tensor nbytes"),
                      _str(v[5], "tensor device"), tuple(segs))
+    if not _DEVICE.match(t.device) or not _DTYPE.match(t.dtype):
+        raise _fail(f"tensor {i} has a malformed device {t.device!r} or dtype {t.dtype!r}")
     if sum(s.length for s in t.segments) != t.nbytes:
         raise _fail(f"tensor {t.path} segments do not add up to {t.nbytes} bytes")
     return t
 
 
-def decode_manifest(data: bytes) -> Manifest:
-    """Parse and validate a manifest file.
+def _check_signature(header: dict[str, Any], body: bytes,
+                     verifier: Verifier | None) -> tuple[tuple[str, str] | None, bool]:
+    sig = header.get("signature")
+    if sig is None:
+        if verifier is not None:
+            raise UntrustedCheckpoint("manifest is not signed, and a verification key is set")
+        return None, False
+    sig = _exact_keys(sig, {"alg", "key_id", "value"}, "signature")
+    alg, key_id, value = (_str(sig[k], f"signature {k}") for k in ("alg", "key_id", "value"))
+    if len(alg) > 64 or len(key_id) > 256 or len(value) > 1024:
+        raise _fail("signature fields are too long")
+    if verifier is None:
+        return (alg, key_id), False
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise UntrustedCheckpoint("manifest signature is not hex") from None
+    if not verifier.verify(alg, key_id, DOMAIN + body, raw):
+        raise UntrustedCheckpoint(f"manifest signature ({alg}, key {key_id!r}) does not verify "
+                                  "with the configured key: forged or signed by another key")
+    return (alg, key_id), True
+
+
+def decode_manifest(data: bytes, verifier: Verifier | None = None) -> Manifest:
+    """Parse and validate a manifest file; with ``verifier``, also require a valid signature.
 
     Raises:
+        UntrustedCheckpoint: ``verifier`` given and the manifest is unsigned or its signature
+            does not verify.
         CorruptCheckpoint: bad checksum, unknown format version, unknown or missing fields,
             values of the wrong type, references outside the checkpoint.
     """
@@ -210,7 +255,7 @@ def decode_manifest(data: bytes) -> Manifest:
         raise _fail("no header line")
     try:
         header = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise _fail("header is not JSON") from e
     if isinstance(header, dict) and header.get("format") == FORMAT_NAME and (
             isinstance(header.get("format_version"), int)
@@ -218,17 +263,20 @@ def decode_manifest(data: bytes) -> Manifest:
         raise CorruptCheckpoint(
             f"manifest format version {header['format_version']} is newer than this cloudckpt "
             f"understands ({FORMAT_VERSION}); upgrade cloudckpt to load it")
-    header = _exact_keys(header, {"format", "format_version", "body_length", "body_sha256"},
-                         "header")
+    keys = {"format", "format_version", "body_length", "body_sha256"}
+    if isinstance(header, dict) and "signature" in header:
+        keys.add("signature")
+    header = _exact_keys(header, keys, "header")
     if header["format"] != FORMAT_NAME or header["format_version"] != FORMAT_VERSION:
         raise _fail(f"unsupported format {header['format']!r} v{header['format_version']!r}")
     if header["body_length"] != len(body):
         raise _fail(f"body is {len(body)} bytes, header says {header['body_length']!r} (truncated?)")
     if hashlib.sha256(body).hexdigest() != header["body_sha256"]:
         raise _fail("body checksum mismatch")
+    signature, verified = _check_signature(header, body, verifier)
     try:
         d = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise _fail("body is not JSON") from e
     d = _exact_keys(d, {"save_id", "created", "library_version", "metadata", "tree", "tensors",
                         "chunks", "totals"}, "body")
@@ -240,7 +288,8 @@ def decode_manifest(data: bytes) -> Manifest:
         raise _fail("metadata must be an object")
     m = Manifest(save_id=_str(d["save_id"], "save_id"), created=_str(d["created"], "created"),
                  library_version=_str(d["library_version"], "library_version"), tree=d["tree"],
-                 tensors=tensors, chunks=chunks, metadata=d["metadata"])
+                 tensors=tensors, chunks=chunks, metadata=d["metadata"], signature=signature,
+                 signature_verified=verified)
     totals = _exact_keys(d["totals"], {"raw_bytes", "stored_bytes", "tensors", "chunks"}, "totals")
     if totals != {"raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes,
                   "tensors": len(tensors), "chunks": len(chunks)}:
