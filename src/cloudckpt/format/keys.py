@@ -31,7 +31,7 @@ MANIFEST_KEY = "manifest.json"
 DATA_PREFIX = "data"
 #: ``superseded/<save_id>``: that save was replaced by an overwrite at the marker's mtime
 SUPERSEDED_PREFIX = "superseded"
-SAVE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SAVE_ID_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$")
 TIER_FILE = "tier.json"
 STEP_RE = re.compile(r"^step-(\d{12})$")
 

@@ -78,7 +78,8 @@ class FsspecStore:
         return f"FsspecStore({self.uri!r})"
 
     def _path(self, key: str) -> str:
-        return f"{self._root}/{validate_key(key)}"
+        self._backend.guard(self._root, validate_key(key))
+        return f"{self._root}/{key}"
 
     def _key_uri(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"

@@ -51,6 +51,14 @@ class Backend(Protocol):
         """Normalise fsspec's info dict. ``full`` (stat of one object) may spend an extra
         request to learn the storage class; listings never do."""
 
+    def guard(self, root: str, key: str) -> None:
+        """Refuse to touch ``key`` under ``root`` when that could leave the root (local: a
+        symlink or special file on the way). Called before every operation on a key.
+
+        Raises:
+            CorruptCheckpoint: the key leads through a symlink or to a special file.
+        """
+
     def is_internal(self, path: str) -> bool:
         """Whether ``path`` is a temporary object of ours that listings must hide."""
 
@@ -86,6 +94,9 @@ class BackendBase:
         """
         if storage_class is not None and not self.storage_classes:
             raise UnsupportedOperation(f"{self.protocol} stores have no storage classes")
+
+    def guard(self, root: str, key: str) -> None:
+        return None  # object stores have no links: a key names exactly one object
 
     def is_internal(self, path: str) -> bool:
         return False

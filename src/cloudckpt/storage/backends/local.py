@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ from typing import Any
 
 import fsspec
 
-from cloudckpt.errors import AlreadyExists
+from cloudckpt.errors import AlreadyExists, CorruptCheckpoint
 from cloudckpt.storage.backends.base import BackendBase, generic_object_info
 from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
 
@@ -121,6 +122,19 @@ class LocalBackend(BackendBase):
                      storage_class: str | None) -> Upload:
         self.no_class(storage_class)
         return _LocalUpload(path, key, create_only)
+
+    def guard(self, root: str, key: str) -> None:
+        path = root
+        for part in key.split("/"):
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # nothing (yet) to follow: a write creates real directories and files
+            if stat.S_ISLNK(st.st_mode) or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a special file"
+                raise CorruptCheckpoint(f"{path} is {kind}; cloudckpt never follows links or "
+                                        "opens special files inside a store")
 
     def info_to_object(self, fs: Any, path: str, key: str, info: Mapping[str, Any],
                        *, full: bool) -> ObjectInfo:

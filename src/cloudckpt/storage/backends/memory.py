@@ -60,6 +60,9 @@ class MemoryBackend(LocalBackend):
         return generic_object_info(key, {**info, "etag": f"{info.get('created')}-{info.get('size')}"},
                                    etag_field="etag", mtime_fields=("created",), storage_class=None)
 
+    def guard(self, root: str, key: str) -> None:
+        return None
+
     def is_internal(self, path: str) -> bool:
         return False
 
