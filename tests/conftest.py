@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from cloudckpt.storage import Store, open_store
 from cloudckpt.testing import emulators
+
+# Property/fuzz tests: a CI-sized default; `pytest --hypothesis-profile=long` for the long run.
+settings.register_profile("ci", max_examples=100, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", max_examples=5_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("ci")
 
 BACKENDS = ["memory", "local", "s3", "gcs", "az"]
 CLOUDS = ["s3", "gcs", "az"]
