@@ -1,23 +1,24 @@
 """Where cloudckpt spends a local save and load: per-phase thread-seconds, in one process.
 
-Wraps (at run time, without touching the package) the functions ``cloudckpt.engine.writer`` and
-``cloudckpt.engine.reader`` call for each chunk: codec encode/decode, xxh3 checksums, store
-put/get and tensor allocation. Each wrapped call adds its wall time and its thread CPU time
-(``[cpu]``) to its phase, summed over the worker threads: wall sums exceed the run's wall time
-when threads wait for the 2 vCPUs or the GIL; CPU sums say what the work itself costs.
-"copy/other" in a load is the rest of the per-chunk work (copying decoded bytes into tensors).
+Wraps (at run time, without touching the package) the functions that
+``cloudckpt.engine.writer``, ``cloudckpt.engine.reader`` and ``cloudckpt.format.checksums``
+call for each chunk (see :data:`HOOKS`): codec encode/decode, xxh3 checksums, store put/get
+and tensor allocation. Each wrapped call adds its wall time and its thread CPU time (``[cpu]``)
+to its phase, summed over the worker threads: wall sums exceed the run's wall time when
+threads wait for the 2 vCPUs or the GIL; CPU sums say what the work itself costs. "copy/other"
+in a load is the rest of the per-chunk work (copying decoded bytes into tensors). The state is
+the one of the ``save_load_*`` scenarios (``bench/lib/state.py``).
 
-Usage::
+Usage (from the repository root)::
 
-    .venv/bin/python bench/profile_phases.py --size-mib 1024 --dtype fp32 --repeats 3
+    .venv/bin/python -m bench.profile_phases --size-mib 1024 --dtype fp32 --repeats 3
+    .venv/bin/python -m bench.profile_phases --quick
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+import importlib
 import shutil
-import statistics
 import sys
 import threading
 import time
@@ -27,10 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_save_load import REPO, build_state, touch
-
-MiB = 1 << 20
+from bench.lib import cli, stats
+from bench.lib.report import md_table, report
+from bench.lib.state import DTYPES, State, build_state, touch
 
 
 class Phases:
@@ -68,43 +68,61 @@ class _TimedStore:
 
 
 class _TimedCodec:
+    """Delegates to a codec, timing encode and both decode paths."""
+
     def __init__(self, codec: Any, phases: Phases) -> None:
-        self.name = codec.name
+        self._codec = codec
         self.encode = phases.timed(f"encode {codec.name}", codec.encode)
         self.decode = phases.timed(f"decode {codec.name}", codec.decode)
+        self.decode_into = phases.timed(f"decode {codec.name}", codec.decode_into)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._codec, name)
 
 
-class _TimedXxhash:
-    def __init__(self, module: Any, phases: Phases) -> None:
-        self.xxh3_64_hexdigest = phases.timed("xxh3", module.xxh3_64_hexdigest)
+def _codecs(fn: Callable[..., Any], phases: Phases) -> Callable[..., Any]:
+    return lambda name: _TimedCodec(fn(name), phases)
+
+
+def _stores(fn: Callable[..., Any], phases: Phases) -> Callable[..., Any]:
+    return lambda *a, **k: _TimedStore(fn(*a, **k), phases)
+
+
+def _phase(name: str) -> Callable[[Callable[..., Any], Phases], Callable[..., Any]]:
+    return lambda fn, phases: phases.timed(name, fn)
+
+
+#: (module, the name it calls, how to wrap it): the per-chunk calls of a save and a load
+HOOKS: list[tuple[str, str, Callable[[Callable[..., Any], Phases], Callable[..., Any]]]] = [
+    ("cloudckpt.engine.writer", "get_codec", _codecs),
+    ("cloudckpt.engine.writer", "checksum", _phase("xxh3")),
+    ("cloudckpt.engine.writer", "open_store", _stores),
+    ("cloudckpt.engine.reader", "open_store", _stores),
+    ("cloudckpt.engine.reader", "_allocate", _phase("allocate")),
+    ("cloudckpt.engine.reader", "_decode_chunk", _phase("chunk total")),
+    ("cloudckpt.format.checksums", "get_codec", _codecs),
+    ("cloudckpt.format.checksums", "checksum", _phase("xxh3")),
+]
 
 
 @contextmanager
 def instrumented(phases: Phases) -> Iterator[None]:
-    from cloudckpt.engine import reader, writer
-
-    saved = {(reader, "get_codec"): reader.get_codec, (writer, "get_codec"): writer.get_codec,
-             (reader, "open_store"): reader.open_store, (writer, "open_store"): writer.open_store,
-             (reader, "xxhash"): reader.xxhash, (writer, "_xxh"): writer._xxh,
-             (reader, "_allocate"): reader._allocate,
-             (reader, "_decode_chunk"): reader._decode_chunk}
-    orig_get_codec = reader.get_codec
-    orig_open = reader.open_store
-    for mod in (reader, writer):
-        mod.get_codec = lambda name: _TimedCodec(orig_get_codec(name), phases)  # type: ignore
-        mod.open_store = lambda *a, **k: _TimedStore(orig_open(*a, **k), phases)  # type: ignore
-    reader.xxhash = _TimedXxhash(reader.xxhash, phases)  # type: ignore[assignment]
-    writer._xxh = phases.timed("xxh3", writer._xxh)
-    reader._allocate = phases.timed("allocate", reader._allocate)
-    reader._decode_chunk = phases.timed("chunk total", reader._decode_chunk)
+    """Every hook of :data:`HOOKS` wrapped, for the duration of the block."""
+    saved = []
     try:
+        for modname, attr, wrap in HOOKS:
+            mod = importlib.import_module(modname)
+            if not hasattr(mod, attr):
+                raise SystemExit(f"{modname} no longer has {attr}: update HOOKS in {__file__}")
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, wrap(getattr(mod, attr), phases))
         yield
     finally:
-        for (mod, name), value in saved.items():
-            setattr(mod, name, value)
+        for mod, attr, value in saved:
+            setattr(mod, attr, value)
 
 
-def profile_once(state: dict[str, Any], loc: Path, compression: str) -> dict[str, dict[str, float]]:
+def profile_once(state: State, loc: Path, compression: str) -> dict[str, dict[str, float]]:
     import cloudckpt
 
     out: dict[str, dict[str, float]] = {}
@@ -132,30 +150,28 @@ def profile_once(state: dict[str, Any], loc: Path, compression: str) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="per-phase time of cloudckpt save/load (local)")
-    p.add_argument("--size-mib", type=int, default=1024)
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p = cli.parser(__doc__)
+    p.add_argument("--size-mib", type=int, help="fp32 raw size of the state (default 1024)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32")
     p.add_argument("--compression", default="auto")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workdir", type=Path, default=REPO / "bench" / ".scratch")
-    args = p.parse_args(argv)
+    p.add_argument("--repeats", type=int, help="default 3")
+    args = cli.settle(p.parse_args(argv), {"size_mib": 1024, "repeats": 3},
+                      {"size_mib": 16, "repeats": 1})
     state = build_state(args.size_mib, args.dtype)
-    workdir = args.workdir.resolve() / f"profile-{os.getpid()}"
-    workdir.mkdir(parents=True)
-    runs = []
-    try:
-        for r in range(args.repeats):
-            runs.append(profile_once(state, workdir / f"r{r}", args.compression))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(f"### cloudckpt phases, local, {args.dtype}, size-mib {args.size_mib}, "
-          f"compression={args.compression}, median of {args.repeats} (thread-seconds)\n")
+    with cli.scratch(args, "profile") as workdir:
+        runs = [profile_once(state, workdir / f"r{r}", args.compression)
+                for r in range(args.repeats)]
+    lines = [f"### cloudckpt phases, local, {args.dtype}, size-mib {args.size_mib}, "
+             f"compression={args.compression}, median of {args.repeats} (thread-seconds)"]
+    medians: dict[str, dict[str, float | None]] = {}
     for op in ("save", "load"):
         names = sorted({k for run in runs for k in run[op]}, key=lambda k: (k != "WALL", k))
-        print(f"| {op} phase | seconds |\n|---|---|")
-        for k in names:
-            print(f"| {k} | {statistics.median(run[op].get(k, 0.0) for run in runs):.3f} |")
-        print()
+        medians[op] = {k: stats.median(run[op].get(k, 0.0) for run in runs) for k in names}
+        lines += ["", *md_table((f"{op} phase", "seconds"),
+                                [(k, f"{v:.3f}") for k, v in medians[op].items() if v is not None])]
+    report({"target": "profile_phases", "size_mib": args.size_mib, "dtype": args.dtype,
+            "compression": args.compression, "repeats": args.repeats, "medians": medians,
+            "runs": runs}, "\n".join(lines), args.out)
     return 0
 
 
