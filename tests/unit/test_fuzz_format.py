@@ -83,14 +83,13 @@ def _load_or_our_error(manifest: bytes, uri: str) -> None:
             store.put(o.key, base.get(o.key))
     store.put(MANIFEST_KEY, manifest)
     before = _rss_mib()
-    try:
-        out = cloudckpt.load(uri, map_location=None)
+    try:  # any value (a mutated tree is still a tree) or our error; nothing else escapes
+        cloudckpt.load(uri, map_location=None)
     except CloudckptError:
-        return
+        pass
     finally:
-        assert _rss_mib() - before < RSS_SLACK_MIB
         store.delete_many([o.key for o in store.list()])
-    assert isinstance(out, dict)  # it decoded; whatever it is, it came from validated records
+    assert _rss_mib() - before < RSS_SLACK_MIB
 
 
 @given(data=st.data())
