@@ -3,7 +3,8 @@
 A policy looks at the committed checkpoints (never at in-memory counters, so it survives
 restarts) and returns the steps it wants to keep. :func:`plan_retention` applies one and adds
 the two guarantees no policy can override: the latest committed checkpoint and the best one
-(by the manager's metric) are always kept. Everything here is a pure function of its inputs.
+(by the manager's metric) are always kept. Policies combine with ``|`` (or :class:`AnyOf`):
+``KeepLast(3) | KeepEvery(1000)``. Everything here is a pure function of its inputs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 from cloudckpt.errors import InvalidArgument
 
 __all__ = ["AnyOf", "CheckpointSummary", "KeepBest", "KeepEvery", "KeepLast", "KeepPinned",
-           "KeepWithin", "RetentionPolicy", "best_step", "plan_retention"]
+           "KeepWithin", "RetentionPolicy", "best_step", "keep_last_and_best", "plan_retention"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,20 @@ class RetentionPolicy(Protocol):
     """Extension point: which steps to keep among ``ckpts`` at time ``now``."""
 
     def keep(self, ckpts: Sequence[CheckpointSummary], now: float) -> set[int]: ...
+
+
+def _members(p: RetentionPolicy) -> tuple[RetentionPolicy, ...]:
+    return p.policies if isinstance(p, AnyOf) else (p,)
+
+
+class _Union:
+    """``a | b``: keep what either keeps (flattened into one :class:`AnyOf`)."""
+
+    def __or__(self: RetentionPolicy, other: RetentionPolicy) -> AnyOf:
+        return AnyOf((*_members(self), *_members(other)))
+
+    def __ror__(self: RetentionPolicy, other: RetentionPolicy) -> AnyOf:
+        return AnyOf((*_members(other), *_members(self)))
 
 
 def _metric(c: CheckpointSummary, name: str) -> float | None:
@@ -66,7 +81,7 @@ def best_step(ckpts: Iterable[CheckpointSummary], metric: str | None, mode: str)
 
 
 @dataclass(frozen=True)
-class KeepLast:
+class KeepLast(_Union):
     """The ``n`` newest steps."""
 
     n: int
@@ -76,7 +91,7 @@ class KeepLast:
 
 
 @dataclass(frozen=True)
-class KeepBest:
+class KeepBest(_Union):
     """The ``k`` best steps by ``metric`` (``mode`` ``"min"`` or ``"max"``)."""
 
     k: int
@@ -91,7 +106,7 @@ class KeepBest:
 
 
 @dataclass(frozen=True)
-class KeepEvery:
+class KeepEvery(_Union):
     """Steps that are multiples of ``every`` (milestones)."""
 
     every: int
@@ -101,7 +116,7 @@ class KeepEvery:
 
 
 @dataclass(frozen=True)
-class KeepWithin:
+class KeepWithin(_Union):
     """Checkpoints committed within the last ``seconds``."""
 
     seconds: float
@@ -111,7 +126,7 @@ class KeepWithin:
 
 
 @dataclass(frozen=True)
-class KeepPinned:
+class KeepPinned(_Union):
     """Checkpoints pinned by the user."""
 
     def keep(self, ckpts: Sequence[CheckpointSummary], now: float) -> set[int]:
@@ -119,7 +134,7 @@ class KeepPinned:
 
 
 @dataclass(frozen=True)
-class AnyOf:
+class AnyOf(_Union):
     """Keep what any of ``policies`` keeps."""
 
     policies: tuple[RetentionPolicy, ...]
@@ -144,3 +159,19 @@ def plan_retention(ckpts: Sequence[CheckpointSummary], policy: RetentionPolicy, 
         keep.add(best)
     keep |= KeepPinned().keep(ckpts, now)
     return sorted(c.step for c in ckpts if c.step not in keep)
+
+
+def keep_last_and_best(keep_last: int | None, keep_best: int | None, metric: str | None,
+                       mode: str = "min") -> RetentionPolicy | None:
+    """The manager's default policy: the ``keep_last`` newest, plus the ``keep_best`` best by
+    ``metric`` when both are set; ``None`` (no retention) when ``keep_last`` is ``None``.
+
+    Raises:
+        InvalidArgument: ``mode`` is not "min"/"max".
+    """
+    if keep_last is None:
+        return None
+    parts: list[RetentionPolicy] = [KeepLast(keep_last)]
+    if keep_best and metric:
+        parts.append(KeepBest(keep_best, metric, mode))
+    return AnyOf(tuple(parts))
