@@ -34,7 +34,24 @@ __all__ = [
 
 from cloudckpt.engine.reader import inspect, load
 from cloudckpt.engine.writer import SaveInfo, save
-from cloudckpt.manager import ArchivePolicy, CheckpointManager, TrainingState
+from cloudckpt.manager import (
+    AnyOf,
+    AnySave,
+    ArchivePolicy,
+    AsyncOptions,
+    CheckpointManager,
+    EveryNEpochs,
+    EveryNSteps,
+    KeepBest,
+    KeepEvery,
+    KeepLast,
+    KeepWithin,
+    OnImprovement,
+    PreemptionOptions,
+    TrainingState,
+)
 
-__all__ += ["ArchivePolicy", "CheckpointManager", "SaveInfo", "TrainingState", "inspect", "load",
+__all__ += ["AnyOf", "AnySave", "ArchivePolicy", "AsyncOptions", "CheckpointManager",
+            "EveryNEpochs", "EveryNSteps", "KeepBest", "KeepEvery", "KeepLast", "KeepWithin",
+            "OnImprovement", "PreemptionOptions", "SaveInfo", "TrainingState", "inspect", "load",
             "save"]

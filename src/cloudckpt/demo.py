@@ -58,7 +58,7 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
     ``emit(step, loss)`` is called after each step. ``async_save``: periodic saves run in the
     background. ``preemption``: SIGTERM/SIGUSR1 make the loop write a final checkpoint at the
     next step boundary and exit with status 0."""
-    from cloudckpt import CheckpointManager
+    from cloudckpt import AsyncOptions, CheckpointManager, EveryNSteps
 
     torch.manual_seed(seed)
     random.seed(seed)
@@ -75,7 +75,8 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
     step, epoch, skip = 0, 0, 0
     epoch_start_state = loader_gen.get_state()
     mgr = CheckpointManager(uri, keep_last=keep_last, keep_best=1, metric="loss", mode="min",
-                            storage_options=storage_options, blocking=not async_save,
+                            save_policy=EveryNSteps(save_every), storage_options=storage_options,
+                            async_options=AsyncOptions(blocking=not async_save),
                             preemption=preemption) if uri else None
     if mgr is not None:
         st = mgr.restore(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
@@ -103,7 +104,7 @@ def train(uri: str | None, total_steps: int, *, save_every: int = 10, seed: int 
                     "epoch": epoch, "metrics": {"loss": float(loss)},
                     "extra": {"batch": i + 1, "epoch_gen_state": epoch_start_state}}
                 mgr.save_on_preemption(step, **objs)  # exits the process when preempted
-                if step % save_every == 0 or step == total_steps:
+                if mgr.should_save(step, final=step == total_steps):
                     mgr.save(step, **objs)
             if step >= total_steps:
                 break

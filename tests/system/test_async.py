@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import cloudckpt
-from cloudckpt import CheckpointManager
+from cloudckpt import AsyncOptions, CheckpointManager
 from cloudckpt.demo import train
 from cloudckpt.errors import AccessDenied, InvalidArgument
 from cloudckpt.storage import open_store
@@ -29,7 +29,7 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 
 def test_mutation_after_async_save_does_not_leak_lightning_20953(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    mgr = CheckpointManager(tmp_path / "run", blocking=False)
+    mgr = CheckpointManager(tmp_path / "run", async_options=AsyncOptions(blocking=False))
     model = _model()
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(4, 64)).sum().backward()
@@ -55,7 +55,8 @@ def test_mutation_after_async_save_does_not_leak_lightning_20953(tmp_path) -> No
 
 
 def test_staging_buffers_are_reused(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    mgr = CheckpointManager(tmp_path / "run", blocking=False, keep_last=2)
+    mgr = CheckpointManager(tmp_path / "run", async_options=AsyncOptions(blocking=False),
+                            keep_last=2)
     model = _model()
     mgr.save(1, model=model, rng=False)
     first = mgr.staging_bytes
@@ -74,7 +75,7 @@ def test_background_failure_surfaces_and_commits_nothing(tmp_path) -> None:  # t
     CheckpointManager(root).save(1, model=_model(1))
     faulty = FaultyStore(root, FaultPlan(ops=frozenset({"put"}), fail_calls=frozenset({0}),
                                          kind="permanent"))
-    mgr = CheckpointManager(faulty, blocking=False)
+    mgr = CheckpointManager(faulty, async_options=AsyncOptions(blocking=False))
     assert mgr.save(2, model=_model(2)) is None
     with pytest.raises(AccessDenied):
         mgr.save(3, model=_model(3))  # the next call raises the background error...
@@ -86,7 +87,7 @@ def test_background_failure_surfaces_and_commits_nothing(tmp_path) -> None:  # t
     # and through wait()
     faulty2 = FaultyStore(root, FaultPlan(ops=frozenset({"put"}), fail_calls=frozenset({0}),
                                           kind="permanent"))
-    mgr2 = CheckpointManager(faulty2, blocking=False)
+    mgr2 = CheckpointManager(faulty2, async_options=AsyncOptions(blocking=False))
     mgr2.save(4, model=_model(4))
     with pytest.raises(AccessDenied):
         mgr2.wait()
@@ -110,7 +111,8 @@ def test_skip_policy_and_context_manager(tmp_path, caplog) -> None:  # type: ign
     gate = threading.Event()
     store = _GatedStore(open_store(tmp_path / "run"), gate)
     with caplog.at_level(logging.WARNING, logger="cloudckpt.manager"), \
-            CheckpointManager(store, blocking=False, when_busy="skip") as mgr:
+            CheckpointManager(store, async_options=AsyncOptions(blocking=False,
+                                                                when_busy="skip")) as mgr:
         assert mgr.save(1, model=_model(1)) is None  # in flight, held at the gate
         assert mgr.save(2, model=_model(2)) is None  # skipped, not queued
         gate.set()
@@ -118,7 +120,7 @@ def test_skip_policy_and_context_manager(tmp_path, caplog) -> None:  # type: ign
     assert mgr.steps() == [1]
     assert "skipping the save of step 2" in caplog.text
     with pytest.raises(InvalidArgument):
-        CheckpointManager(tmp_path / "x", when_busy="drop")
+        CheckpointManager(tmp_path / "x", async_options=AsyncOptions(when_busy="drop"))
 
 
 def _spawn(uri: str, steps: int, opts: dict, *extra: str) -> subprocess.Popen[str]:

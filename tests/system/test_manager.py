@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cloudckpt
-from cloudckpt import ArchivePolicy, CheckpointManager
+from cloudckpt import ArchivePolicy, CheckpointManager, EveryNEpochs, EveryNSteps, OnImprovement
 from cloudckpt.demo import train
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, NotFound, RehydrationRequired
 from cloudckpt.format.keys import DATA_PREFIX, step_dir
@@ -92,8 +92,8 @@ def test_full_state_roundtrip_and_queries(tmp_path) -> None:  # type: ignore[no-
 
 
 def test_should_save_strategies(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    mgr = CheckpointManager(tmp_path / "r", save_every_steps=5, save_every_epochs=2,
-                            save_on_improvement=True, metric="loss", mode="min")
+    mgr = CheckpointManager(tmp_path / "r", metric="loss", mode="min",
+                            save_policy=EveryNSteps(5) | EveryNEpochs(2) | OnImprovement())
     assert mgr.should_save(10) and not mgr.should_save(7)
     assert mgr.should_save(7, epoch=1, epoch_end=True)
     assert not mgr.should_save(7, epoch=0, epoch_end=True)
@@ -231,7 +231,7 @@ def test_gc_reclaims_orphans_after_grace(tmp_path) -> None:  # type: ignore[no-u
     report = mgr.gc()
     assert report.dry_run and len(report.orphans) == 2
     assert root.exists(f"{step_dir(2)}/data/dead/000000.bin")  # dry run deletes nothing
-    young = CheckpointManager(tmp_path / "run", clock=lambda: 0.0, gc_grace=3600)
+    young = CheckpointManager(tmp_path / "run", clock=lambda: 0.0)  # gc grace: 3600 s
     assert young.gc(dry_run=False).orphans == []  # within grace: never races a writer
     mgr.gc(dry_run=False)
     assert not root.exists(f"{step_dir(2)}/data/dead/000000.bin")

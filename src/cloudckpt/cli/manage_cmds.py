@@ -96,7 +96,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     for step in args.step:
         if step not in steps:
             raise InvalidArgument(f"no committed checkpoint for step {step} under {mgr.uri}")
-        archive_checkpoint(mgr, step, policy)
+        archive_checkpoint(mgr.context, step, policy)
         where = args.to or mgr.uri
         print(f"archived step {step} -> {where}" + (f" ({args.storage_class})"
                                                      if args.storage_class else ""))

@@ -9,7 +9,7 @@ from typing import Any
 from cloudckpt.engine.verify import verify
 from cloudckpt.errors import NotFound
 from cloudckpt.format.keys import MANIFEST_KEY, step_dir
-from cloudckpt.manager import CheckpointManager
+from cloudckpt.manager import RunContext, resolve_step
 from cloudckpt.manager.index import META_KEY, RunIndex
 from cloudckpt.storage import Store, open_store, substore
 
@@ -27,21 +27,17 @@ def checkpoint_store(uri: str, options: Mapping[str, Any] | None, step: int | No
 
     Raises:
         NotFound: no such checkpoint.
+        InvalidURI: ``uri`` (or an archived copy's URI) cannot be opened.
     """
     store = open_store(uri, storage_options=options)
     if step is None and is_checkpoint(store):
         return store
-    mgr = CheckpointManager(store, keep_last=None)
-    recs = {r.step: r for r in mgr.checkpoints()}
-    if not recs:
+    run = RunContext.open(store, storage_options=options)
+    records = run.records()
+    chosen = resolve_step(records, "latest" if step is None else step, uri=store.uri)
+    if chosen is None:
         raise NotFound(f"no checkpoint at {store.uri}")
-    chosen = max(recs) if step is None else step
-    if chosen not in recs:
-        raise NotFound(f"no committed checkpoint for step {chosen} under {store.uri}")
-    rec = recs[chosen]
-    if rec.location == "archived":
-        return open_store(rec.uri, storage_options=options)
-    return substore(store, step_dir(chosen))
+    return run.record_store(next(r for r in records if r.step == chosen))
 
 
 def _iso(t: float | None) -> str:

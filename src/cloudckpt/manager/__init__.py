@@ -1,9 +1,20 @@
-"""The training-run layer: :class:`CheckpointManager` and its policies."""
+"""The training-run layer: :class:`CheckpointManager`, its option objects and its policies."""
 
-from cloudckpt.manager.archive import ArchivePolicy
+from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.core import CheckpointManager, TrainingState
+from cloudckpt.manager.decisions import (
+    AnySave,
+    DecisionContext,
+    EveryNEpochs,
+    EveryNSteps,
+    OnImprovement,
+    SaveDecisionPolicy,
+    SavePoint,
+)
 from cloudckpt.manager.gc import GCReport
 from cloudckpt.manager.index import CheckpointRecord
+from cloudckpt.manager.options import ArchivePolicy, AsyncOptions, PreemptionOptions
+from cloudckpt.manager.resolve import resolve_step
 from cloudckpt.manager.retention import (
     AnyOf,
     CheckpointSummary,
@@ -16,6 +27,8 @@ from cloudckpt.manager.retention import (
     plan_retention,
 )
 
-__all__ = ["AnyOf", "ArchivePolicy", "CheckpointManager", "CheckpointRecord",
-           "CheckpointSummary", "GCReport", "KeepBest", "KeepEvery", "KeepLast", "KeepPinned",
-           "KeepWithin", "RetentionPolicy", "TrainingState", "plan_retention"]
+__all__ = ["AnyOf", "AnySave", "ArchivePolicy", "AsyncOptions", "CheckpointManager",
+           "CheckpointRecord", "CheckpointSummary", "DecisionContext", "EveryNEpochs",
+           "EveryNSteps", "GCReport", "KeepBest", "KeepEvery", "KeepLast", "KeepPinned",
+           "KeepWithin", "OnImprovement", "PreemptionOptions", "RetentionPolicy", "RunContext",
+           "SaveDecisionPolicy", "SavePoint", "TrainingState", "plan_retention", "resolve_step"]

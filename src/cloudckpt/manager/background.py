@@ -1,9 +1,10 @@
 """One background save at a time, on a daemon thread, with errors surfaced to the caller.
 
-Who calls what: the training thread calls :meth:`BackgroundSaver.submit`, :meth:`wait` and
-:meth:`raise_pending`; the worker thread only runs the submitted job. An error of a background
-save is raised (once) by the next ``raise_pending``/``wait``; at interpreter exit, an in-flight
-save is waited for up to ``exit_timeout`` seconds, and what happened is logged.
+Who calls what: the training thread calls :meth:`BackgroundSaver.make_room`, :meth:`submit`,
+:meth:`wait` and :meth:`raise_pending`; the worker thread only runs the submitted job. An error
+of a background save is raised (once) by the next ``make_room``/``raise_pending``/``wait``; at
+interpreter exit, an in-flight save is waited for up to ``exit_timeout`` seconds, and what
+happened is logged.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ class BackgroundSaver:
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def make_room(self, label: str, *, skip: bool) -> bool:
+        """Before a new save: raise a finished save's error (once); if a save is in flight,
+        wait for it, or with ``skip`` log a WARNING and return False (do not save ``label``).
+
+        Raises:
+            The previous background save's error.
+        """
+        self.raise_pending()
+        if self.busy:
+            if skip:
+                log.warning("skipping the save of %s: the previous save is still running",
+                            label)
+                return False
+            self.wait()
+        return True
 
     def submit(self, job: Callable[[], Any], label: str) -> None:
         """Run ``job`` in the background. The caller ensured nothing is in flight."""

@@ -4,194 +4,183 @@ Who calls what: the training loop calls :meth:`CheckpointManager.save` (one thre
 and, on a fresh node, :meth:`CheckpointManager.restore`. Retention (and archival) run after
 each committed save; :meth:`gc` is for operators (dry-run by default). Every decision reads the
 store, never in-memory counters, so a manager in a new process sees exactly what the old one
-left. The layout under the root is described in :mod:`cloudckpt.manager.index`.
+left (layout: :mod:`cloudckpt.manager.index`). The manager only orchestrates: the paths below
+(:mod:`.writing`, :mod:`.restoring`, :mod:`.lifecycle`, archive, gc, distributed) take its
+:class:`~.context.RunContext`, and its options are small objects (:mod:`.options`,
+:mod:`.retention`, :mod:`.decisions`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from cloudckpt.engine.commit import delete_checkpoint, read_manifest
-from cloudckpt.engine.reader import load
-from cloudckpt.engine.writer import SaveInfo, write_encoded
-from cloudckpt.errors import (
-    CloudckptError,
-    CorruptCheckpoint,
-    InvalidArgument,
-    NotFound,
-    RehydrationRequired,
-)
-from cloudckpt.format.keys import archived_key, pin_key, step_dir, tier_key
-from cloudckpt.format.tree import encode_tree
-from cloudckpt.manager.archive import ArchivePolicy, archive_checkpoint, needs_rehydration
+from cloudckpt.engine.writer import SaveInfo
+from cloudckpt.errors import CloudckptError, InvalidArgument
 from cloudckpt.manager.background import BackgroundSaver
+from cloudckpt.manager.context import RunContext
+from cloudckpt.manager.decisions import DecisionContext, SaveDecisionPolicy, SavePoint, decide
 from cloudckpt.manager.distributed import (
     choose_step_collectively,
     is_distributed,
-    is_distributed_checkpoint,
-    restore_distributed,
     save_step_distributed,
-    split_objects,
 )
 from cloudckpt.manager.gc import GCReport, collect_garbage
-from cloudckpt.manager.index import META_KEY, CheckpointRecord, RunIndex
-from cloudckpt.manager.preemption import PreemptionWatch
-from cloudckpt.manager.retention import (
-    AnyOf,
-    CheckpointSummary,
-    KeepBest,
-    KeepEvery,
-    KeepLast,
-    KeepWithin,
-    RetentionPolicy,
-    best_step,
-    plan_retention,
+from cloudckpt.manager.index import CheckpointRecord, RunIndex
+from cloudckpt.manager.lifecycle import (
+    apply_retention,
+    delete_step,
+    pin_step,
+    retain_after_commit,
+    unpin_step,
 )
+from cloudckpt.manager.options import (
+    ArchivePolicy,
+    AsyncOptions,
+    PreemptionOptions,
+    preemption_options,
+    require,
+)
+from cloudckpt.manager.preemption import PreemptionWatch
+from cloudckpt.manager.resolve import resolve_step
+from cloudckpt.manager.restoring import TrainingState, restore_run
+from cloudckpt.manager.retention import RetentionPolicy, keep_last_and_best
 from cloudckpt.manager.staging import Stager
-from cloudckpt.manager.state import capture, restore_into
-from cloudckpt.storage import Store, open_store, substore
+from cloudckpt.manager.writing import check_save_args, encode_step, write_step
+from cloudckpt.storage import Store
 
 __all__ = ["CheckpointManager", "TrainingState"]
 
 log = logging.getLogger("cloudckpt.manager")
-_RESERVED = {"step", "epoch", "metrics", "extra", "rng"}
-
-
-@dataclass(frozen=True)
-class TrainingState:
-    """What :meth:`CheckpointManager.restore` returns besides loading the objects."""
-
-    step: int
-    epoch: int | None
-    metrics: dict[str, float]
-    metrics_history: list[tuple[int, dict[str, float]]]
-    best_step: int | None
-    best_metric: float | None
-    extra: dict[str, Any] = field(default_factory=dict)
-    uri: str = ""
 
 
 class CheckpointManager:
     """Checkpoints of one training run under ``uri`` (local path, s3://, gs://, az://...).
 
-    Retention keeps the union of: the ``keep_last`` newest, the ``keep_best`` best by
-    ``metric``/``mode``, every ``keep_every``-th step, those younger than ``keep_within``
-    seconds, and pinned ones; or pass your own ``retention`` policy. The latest and the best
-    are never deleted. Checkpoints leaving that set are deleted, or archived per ``archive``.
-    ``save_every_steps`` / ``save_every_epochs`` / ``save_on_improvement`` drive
-    :meth:`should_save`. ``clock`` is injectable (seconds since the epoch).
+    Retention keeps the ``keep_last`` newest and the ``keep_best`` best by ``metric``/``mode``
+    (``keep_last=None``: no retention), or whatever ``retention`` keeps instead, e.g.
+    ``KeepLast(3) | KeepBest(1, "loss") | KeepEvery(1000) | KeepWithin(86400)``. The latest,
+    the best and pinned ones are never deleted. Checkpoints leaving that set are deleted, or
+    archived per ``archive`` (:class:`ArchivePolicy`). ``save_policy`` (e.g.
+    ``EveryNSteps(500) | EveryNEpochs(1) | OnImprovement()``) drives :meth:`should_save`.
+    ``compression``: the codec (``"auto"`` picks by store and dtype). ``clock`` is injectable
+    (seconds since the epoch).
 
-    Async saves (``blocking=False`` here or per :meth:`save`): the training thread only copies
-    the tensors into reused host staging buffers (pinned for CUDA tensors) and returns; encoding,
-    upload, commit and retention run on a background thread. At most one save is in flight;
-    another ``save`` meanwhile waits (``when_busy="wait"``) or is skipped and logged
-    (``"skip"``). A background error is raised by the next ``save``, by :meth:`wait`, and is
-    logged at exit, where an in-flight save is waited for up to ``exit_timeout`` seconds. Host
-    memory cost: one copy of the saved tensors (:attr:`staging_bytes`), kept for reuse.
+    Async saves (``async_options=AsyncOptions(blocking=False)``, or ``blocking=False`` per
+    :meth:`save`): the training thread only snapshots the tensors into reused host staging
+    buffers and returns; the rest runs on a background thread (see :class:`AsyncOptions`). A
+    background error is raised by the next ``save``, by :meth:`wait`, and is logged at exit.
+    Host memory cost: one copy of the saved tensors (:attr:`staging_bytes`), kept for reuse.
 
-    ``preemption=True`` (call from the main thread) turns ``preemption_signals`` into a flag:
-    see :attr:`preempted` and :meth:`save_on_preemption`.
+    ``preemption=True`` or a :class:`PreemptionOptions` (create the manager on the main thread)
+    turns preemption signals into a flag: see :attr:`preempted`, :meth:`save_on_preemption`.
 
-    Raises (constructor): InvalidURI, InvalidArgument.
+    Raises (constructor): InvalidURI, InvalidArgument (a bad mode or option object; preemption
+    handling requested off the main thread).
     """
 
     def __init__(self, uri: str | os.PathLike[str] | Store, *, keep_last: int | None = 3,
                  keep_best: int | None = 1, metric: str | None = None, mode: str = "min",
-                 keep_every: int | None = None, keep_within: float | None = None,
                  retention: RetentionPolicy | None = None, archive: ArchivePolicy | None = None,
-                 save_every_steps: int | None = None, save_every_epochs: int | None = None,
-                 save_on_improvement: bool = False, compression: str = "auto",
+                 save_policy: SaveDecisionPolicy | None = None, compression: str = "auto",
                  storage_options: Mapping[str, Any] | None = None,
-                 clock: Callable[[], float] = time.time, gc_grace: float = 3600.0,
-                 blocking: bool = True, when_busy: str = "wait", exit_timeout: float = 300.0,
-                 preemption: bool = False,
-                 preemption_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1),
-                 preemption_deadline: float = 90.0) -> None:
-        if mode not in ("min", "max"):
-            raise InvalidArgument(f"mode must be 'min' or 'max', not {mode!r}")
-        self.store = open_store(uri, storage_options=storage_options)
-        self.uri = self.store.uri
-        self.metric, self.mode = metric, mode
-        self.archive_policy = archive
-        self.compression = compression
-        self.save_every_steps, self.save_every_epochs = save_every_steps, save_every_epochs
-        self.save_on_improvement = save_on_improvement
-        self.clock, self.gc_grace = clock, gc_grace
-        self._storage_options = storage_options
-        self.index = RunIndex(self.store)
+                 async_options: AsyncOptions | None = None,
+                 preemption: PreemptionOptions | bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.async_options = AsyncOptions() if async_options is None else async_options
+        require(isinstance(self.async_options, AsyncOptions), "async_options", async_options,
+                "an AsyncOptions")
+        require(archive is None or isinstance(archive, ArchivePolicy), "archive", archive,
+                "an ArchivePolicy")
+        require(retention is None or callable(getattr(retention, "keep", None)), "retention",
+                retention, "a retention policy (e.g. KeepLast(3) | KeepEvery(1000))")
+        require(save_policy is None or callable(getattr(save_policy, "should_save", None)),
+                "save_policy", save_policy, "a save decision policy (e.g. EveryNSteps(100))")
+        preempt = preemption_options(preemption)
+        self.save_policy = save_policy
+        #: the run this manager works on; what every path below the manager takes
+        self.context = RunContext.open(uri, storage_options=storage_options, metric=metric,
+                                       mode=mode, compression=compression, clock=clock,
+                                       retention=keep_last_and_best(keep_last, keep_best,
+                                                                    metric, mode)
+                                       if retention is None else retention, archive=archive)
         self._history: list[tuple[int, dict[str, float]]] = []
-        if when_busy not in ("wait", "skip"):
-            raise InvalidArgument(f"when_busy must be 'wait' or 'skip', not {when_busy!r}")
-        self.blocking, self.when_busy = blocking, when_busy
         self._stager = Stager()
-        self._background = BackgroundSaver(self.uri, exit_timeout)
-        self._preemption = PreemptionWatch(preemption_signals, preemption_deadline) \
-            if preemption else None
-        if retention is None:
-            parts: list[RetentionPolicy] = []
-            if keep_last is not None:
-                parts.append(KeepLast(keep_last))
-            if keep_best and metric:
-                parts.append(KeepBest(keep_best, metric, mode))
-            if keep_every:
-                parts.append(KeepEvery(keep_every))
-            if keep_within is not None:
-                parts.append(KeepWithin(keep_within))
-            retention = AnyOf(tuple(parts)) if keep_last is not None else None
-        self.retention = retention
+        self._background = BackgroundSaver(self.uri, self.async_options.exit_timeout)
+        self._preemption = None if preempt is None else \
+            PreemptionWatch(preempt.signals, preempt.deadline)
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self.uri!r})"
 
+    # -- the run (read-only views of the context) -----------------------------------------
+    @property
+    def store(self) -> Store:
+        return self.context.store
+
+    @property
+    def index(self) -> RunIndex:
+        return self.context.index
+
+    @property
+    def uri(self) -> str:
+        return self.context.uri
+
+    @property
+    def metric(self) -> str | None:
+        return self.context.metric
+
+    @property
+    def mode(self) -> str:
+        return self.context.mode
+
+    @property
+    def retention(self) -> RetentionPolicy | None:
+        return self.context.retention
+
+    @property
+    def archive_policy(self) -> ArchivePolicy | None:
+        return self.context.archive
+
+    @property
+    def archive_storage_options(self) -> Mapping[str, Any] | None:
+        """Options for opening archived copies: the archive policy's, else the run's."""
+        return self.context.archive_storage_options
+
     # -- queries (read the store) -----------------------------------------------------------
     def checkpoints(self) -> list[CheckpointRecord]:
-        """Every committed checkpoint, hot and archived, oldest first."""
-        return self.index.records()
+        """Every committed checkpoint, hot and archived, oldest first. Raises: StorageError."""
+        return self.context.records()
 
     def steps(self) -> list[int]:
+        """Committed steps, oldest first. Raises: StorageError."""
         return [r.step for r in self.checkpoints()]
 
     def latest(self) -> int | None:
-        steps = self.steps()
-        return steps[-1] if steps else None
+        """The newest committed step (``None``: none). Raises: StorageError."""
+        return resolve_step(self.checkpoints(), "latest")
 
     def best(self) -> int | None:
-        return best_step(self._summaries(self.checkpoints()), self.metric, self.mode)
-
-    def _summaries(self, records: list[CheckpointRecord]) -> list[CheckpointSummary]:
-        return [CheckpointSummary(r.step, r.time, r.metrics, r.pinned) for r in records]
+        """The best committed step by ``metric``/``mode`` (``None``: no metric or no values).
+        Raises: StorageError."""
+        return self.context.best()
 
     def should_save(self, step: int, *, epoch: int | None = None, epoch_end: bool = False,
                     metrics: Mapping[str, float] | None = None, final: bool = False) -> bool:
-        """Whether the configured strategy saves now: ``final``; every ``save_every_steps``
-        steps; at the end (``epoch_end``) of every ``save_every_epochs``-th epoch (``epoch``
-        counted from 0); or, with ``save_on_improvement``, when ``metrics[metric]`` beats the
-        best committed checkpoint (read from the store)."""
-        if final:
-            return True
-        if self.save_every_steps and step > 0 and step % self.save_every_steps == 0:
-            return True
-        if epoch_end and self.save_every_epochs and epoch is not None \
-                and (epoch + 1) % self.save_every_epochs == 0:
-            return True
-        if self.save_on_improvement and metrics is not None and self.metric:
-            value = metrics.get(self.metric)
-            if value is None or math.isnan(float(value)):
-                return False
-            records = {r.step: r for r in self.checkpoints()}
-            best = best_step(self._summaries(list(records.values())), self.metric, self.mode)
-            if best is None:
-                return True
-            prev = float(records[best].metrics[self.metric])
-            return float(value) < prev if self.mode == "min" else float(value) > prev
-        return False
+        """Whether to save now: always when ``final``, else per ``save_policy`` (never without
+        one). ``epoch`` counts from 0; ``epoch_end`` marks its last step. Logs why (INFO when
+        saving, DEBUG when not). Call from the training thread.
+
+        Raises:
+            StorageError: a policy that reads the committed checkpoints could not list them.
+        """
+        context = DecisionContext(metric=self.metric, mode=self.mode,
+                                  committed=self.context.summaries)
+        return decide(self.save_policy, SavePoint(step, epoch, epoch_end, metrics),
+                      context=context, final=final)
 
     # -- save ------------------------------------------------------------------------------
     def save(self, step: int, *, epoch: int | None = None,
@@ -200,9 +189,10 @@ class CheckpointManager:
         """Commit a checkpoint of ``objects`` (``model=``, ``optimizer=``, ``scheduler=``,
         ``scaler=``, any object with ``state_dict``, or a ``torch.Generator``) at ``step``,
         with RNG states, ``epoch``, ``metrics`` and ``extra``; then apply retention. Call from
-        the training thread. Blocking (the default unless the manager says otherwise): returns
-        the :class:`SaveInfo`; tensors must not change meanwhile. Non-blocking: returns ``None``
-        once the tensors are snapshotted; the result comes from :meth:`wait`.
+        the training thread. Blocking (the default unless ``async_options`` says otherwise):
+        returns the :class:`SaveInfo`; tensors must not change meanwhile. Non-blocking: returns
+        ``None`` once the tensors are snapshotted (or the save was skipped, with
+        ``when_busy="skip"``); the result comes from :meth:`wait`.
 
         Raises:
             AlreadyExists: ``step`` is already committed (e.g. by a zombie node).
@@ -210,43 +200,26 @@ class CheckpointManager:
             StorageError: the save failed; nothing committed, retention untouched.
             Any error of the previous background save (raised here once).
         """
-        blocking = self.blocking if blocking is None else blocking
-        self._background.raise_pending()
-        if self._background.busy:
-            if not blocking and self.when_busy == "skip":
-                log.warning("skipping the save of step %d: the previous save is still running",
-                            step)
-                return None
-            self._background.wait()
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            raise InvalidArgument(f"step must be a non-negative int, got {step!r}")
-        clash = _RESERVED & set(objects)
-        if clash:
-            raise InvalidArgument(f"reserved names cannot be objects: {sorted(clash)}")
+        blocking = self.async_options.blocking if blocking is None else blocking
+        if not self._background.make_room(f"step {step}", skip=not blocking
+                                          and self.async_options.when_busy == "skip"):
+            return None
+        check_save_args(step, objects)
         mets = {k: float(v) for k, v in (metrics or {}).items()}
         history = [*self._history, (step, mets)]
+        ctx = self.context
         if is_distributed():
-            save_step_distributed(self, step, objects, epoch=epoch, metrics=mets,
+            save_step_distributed(ctx, step, objects, epoch=epoch, metrics=mets,
                                   history=history, extra=extra, blocking=blocking)
+            self._history = history
             return None
-        tree, leaves = encode_tree(
-            capture(step, objects, epoch=epoch, metrics=mets,
-                    history=[[s, m] for s, m in history], extra=extra, rng=rng))
-        meta = {META_KEY: {"step": step, "epoch": epoch,
-                           "metrics": {k: v for k, v in mets.items() if math.isfinite(v)},
-                           "time": self.clock()}}
+        tree, leaves, meta = encode_step(ctx, step, objects, epoch=epoch, metrics=mets,
+                                         history=history, extra=extra, rng=rng)
 
         def commit(leaves: list[Any] = leaves) -> SaveInfo:
-            info = write_encoded(tree, leaves, substore(self.store, step_dir(step)),
-                                 metadata=meta, compression=self.compression)
+            info = write_step(ctx, step, tree, leaves, meta)
             self._history = history
-            log.info("committed step %d to %s (%.1f MiB stored)", step, info.uri,
-                     info.stored_bytes / 2**20)
-            try:
-                self.apply_retention()
-            except CloudckptError as e:  # committed; retention retries on the next save
-                log.warning("retention after step %d failed (will retry on the next save): "
-                            "%s", step, e)
+            retain_after_commit(ctx, step)
             return info
 
         if blocking:
@@ -257,7 +230,7 @@ class CheckpointManager:
 
     def wait(self, timeout: float | None = None) -> SaveInfo | None:
         """Wait for the in-flight background save; return its :class:`SaveInfo` (``None`` if
-        there was none).
+        there was none). Call from the training thread.
 
         Raises:
             TimeoutError: still running after ``timeout``. The background save's error.
@@ -281,7 +254,11 @@ class CheckpointManager:
         return self._stager.nbytes
 
     def close(self) -> None:
-        """Wait for any background save, then release signal handlers and exit hooks."""
+        """Wait for any background save, then release signal handlers and exit hooks.
+
+        Raises:
+            The background save's error (handlers and hooks are released anyway).
+        """
         try:
             self.wait()
         finally:
@@ -305,20 +282,30 @@ class CheckpointManager:
     # -- preemption ------------------------------------------------------------------------
     @property
     def preempted(self) -> bool:
-        """True once a preemption signal arrived (needs ``preemption=True``)."""
+        """True once a preemption signal arrived (needs ``preemption``)."""
         return self._preemption is not None and self._preemption.preempted
 
     def on_preemption(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(signum)`` from the signal handler when preemption is signalled."""
+        """Call ``callback(signum)`` from the signal handler when preemption is signalled.
+
+        Raises:
+            InvalidArgument: the manager was created without ``preemption``.
+        """
         if self._preemption is None:
-            raise InvalidArgument("create the manager with preemption=True first")
+            raise InvalidArgument("create the manager with preemption=True (or "
+                                  "PreemptionOptions(...)) first")
         self._preemption.add_callback(callback)
 
     def save_on_preemption(self, step: int, *, exit: bool = True, **save_args: Any) -> bool:
         """At a step boundary: if preempted, flush any background save, write a final
         blocking checkpoint of ``step`` (``save_args`` as for :meth:`save`), and exit the
         process cleanly (``SystemExit(0)``) unless ``exit`` is false. Returns False when not
-        preempted. Call from the training thread."""
+        preempted. Call from the training thread.
+
+        Raises:
+            SystemExit: after the final checkpoint committed (unless ``exit`` is false).
+            As :meth:`save`, for the final save (the background save's own error is logged).
+        """
         if not self.preempted:
             return False
         watch = self._preemption
@@ -345,138 +332,64 @@ class CheckpointManager:
                 map_location: Any = "cpu", _collective: bool = False,
                 **objects: Any) -> TrainingState | None:
         """Load the checkpoint at ``step`` (``"latest"``, ``"best"`` or an int) into
-        ``objects`` and return the training state; ``None`` when the run has no checkpoint.
-        For ``"latest"``, a corrupt or incomplete newest checkpoint is skipped with a WARNING
-        naming it and the one used instead.
+        ``objects`` and return the training state (also setting :attr:`metrics_history`);
+        ``None`` when the run has no checkpoint. For ``"latest"``, a corrupt or incomplete
+        newest checkpoint is skipped with a WARNING naming it and the one used instead. Call
+        from the training thread (on every rank in a distributed run).
 
         Raises:
+            InvalidArgument: ``step`` is not a step selector; an object has no saved state.
             NotFound: the requested step (int or "best") does not exist.
             CorruptCheckpoint: an explicitly requested checkpoint is damaged.
             RehydrationRequired: it lies in an archive tier that needs a restore first.
         """
         if is_distributed() and not _collective:
-            chosen = choose_step_collectively(self, step)
+            chosen = choose_step_collectively(self.context, step)
             if chosen is None:
                 return None
-            return self.restore(chosen, rng=rng, strict=strict, _collective=True, **objects)
-        listing = self.index.scan()
-        records = self.index.records(listing)
-        by_step = {r.step: r for r in records}
-        if step == "latest":
-            newer_incomplete = [s for s in listing.data if s not in by_step
-                                and (not records or s > records[-1].step)]
-            candidates = sorted(by_step, reverse=True)
-            if newer_incomplete:
-                log.warning("ignoring incomplete checkpoint(s) %s under %s (no committed "
-                            "manifest)", sorted(newer_incomplete), self.uri)
-        elif step == "best":
-            best = self.best()
-            if best is None:
-                raise NotFound(f"no checkpoint under {self.uri} reports metric {self.metric!r}")
-            candidates = [best]
-        elif isinstance(step, int) and not isinstance(step, bool):
-            if step not in by_step:
-                raise NotFound(f"no committed checkpoint for step {step} under {self.uri}")
-            candidates = [step]
-        else:
-            raise InvalidArgument(f"step must be 'latest', 'best' or an int, not {step!r}")
-        if not candidates:
-            if listing.data:
-                log.warning("no committed checkpoint under %s; incomplete saves found for "
-                            "steps %s", self.uri, sorted(listing.data))
-            return None
-        skipped: list[int] = []
-        for s in candidates:
-            rec = by_step[s]
-            try:
-                tree = self._load(rec, map_location, objects, rng)
-            except (CorruptCheckpoint, NotFound) as e:
-                if step != "latest":
-                    raise
-                log.warning("checkpoint step %d at %s is unusable (%s); trying an older one",
-                            s, rec.uri, e)
-                skipped.append(s)
-                continue
-            if skipped:
-                log.warning("restored step %d from %s instead of newer step(s) %s", s, rec.uri,
-                            skipped)
-            loaded_here = split_objects(objects)[0] if tree.get("_dcp") else {}
-            restore_into(tree, {k: v for k, v in objects.items() if k not in loaded_here},
-                         rng=rng and not tree.get("_dcp"), strict=strict)
-            self._history = [(int(h[0]), dict(h[1])) for h in tree.get("metrics_history", [])]
-            best = best_step(self._summaries(records), self.metric, self.mode)
-            best_val = by_step[best].metrics.get(self.metric) if best is not None and self.metric else None
-            return TrainingState(step=int(tree["step"]), epoch=tree.get("epoch"),
-                                 metrics=dict(tree.get("metrics") or {}),
-                                 metrics_history=list(self._history), best_step=best,
-                                 best_metric=best_val, extra=dict(tree.get("extra") or {}),
-                                 uri=rec.uri)
-        raise CorruptCheckpoint(f"no intact checkpoint under {self.uri}; tried steps {skipped}")
-
-    def _load(self, rec: CheckpointRecord, map_location: Any,
-              objects: Mapping[str, Any] | None = None, rng: bool = True) -> Any:
-        if rec.tier and needs_rehydration(rec.tier):
-            raise RehydrationRequired(
-                f"step {rec.step} at {rec.uri} is in the {rec.tier} tier, which needs a restore "
-                "before it can be read: S3: `aws s3api restore-object` on each object under "
-                f"{rec.uri}/data (or an S3 Batch Operations restore job); Azure: set the tier "
-                "of those blobs back to Hot or Cool and wait for rehydration; then retry")
-        if rec.location == "hot":
-            target: Store = substore(self.store, step_dir(rec.step))
-        else:
-            target = open_store(rec.uri, storage_options=self.archive_storage_options)
-        if is_distributed_checkpoint(read_manifest(target).metadata):
-            tree = restore_distributed(target, objects or {}, rng=rng)
-            return {**tree, "_dcp": True}
-        return load(target, map_location=map_location)
-
-    @property
-    def archive_storage_options(self) -> Mapping[str, Any] | None:
-        ap = self.archive_policy
-        return ap.storage_options if ap is not None and ap.storage_options is not None \
-            else self._storage_options
+            return self.restore(chosen, rng=rng, strict=strict, map_location=map_location,
+                                _collective=True, **objects)
+        state = restore_run(self.context, step, objects, rng=rng, strict=strict,
+                            map_location=map_location)
+        if state is not None:
+            self._history = list(state.metrics_history)
+        return state
 
     # -- retention, archival, deletion ----------------------------------------------------
     def apply_retention(self) -> list[int]:
         """Remove (or archive) the hot checkpoints that retention does not keep; returns
-        their steps. Safe to interrupt and re-run."""
-        if self.retention is None:
-            return []
-        records = [r for r in self.checkpoints() if r.location == "hot" and r.tier is None]
-        doomed = plan_retention(self._summaries(records), self.retention, self.clock(),
-                                metric=self.metric, mode=self.mode)
-        for s in doomed:
-            if self.archive_policy is not None:
-                archive_checkpoint(self, s, self.archive_policy)
-            else:
-                self.delete(s)
-        if doomed:
-            log.info("retention removed steps %s from %s", doomed, self.uri)
-        return doomed
+        their steps. Safe to interrupt and re-run.
+
+        Raises:
+            StorageError, CorruptCheckpoint: a deletion or archival failed midway.
+        """
+        return apply_retention(self.context)
 
     def delete(self, step: int) -> None:
-        """Delete one checkpoint (manifest first, then data); archived copies too."""
-        sub = substore(self.store, step_dir(step))
-        delete_checkpoint(sub)
-        self.store.delete(tier_key(step))
-        if self.store.exists(archived_key(step)):
-            rec = {r.step: r for r in self.checkpoints()}.get(step)
-            if rec is not None and rec.location == "archived":
-                delete_checkpoint(open_store(rec.uri, storage_options=self.archive_storage_options))
-            self.store.delete(archived_key(step))
-        self.store.delete(pin_key(step))
+        """Delete one checkpoint (manifest first, then data); archived copies too.
+
+        Raises:
+            StorageError: a deletion failed; re-run to finish.
+        """
+        delete_step(self.context, step)
 
     def pin(self, step: int) -> None:
-        """Keep ``step`` whatever the retention policy says."""
-        if step not in self.steps():
-            raise NotFound(f"no committed checkpoint for step {step} under {self.uri}")
-        self.store.put(pin_key(step), b"pinned\n")
+        """Keep ``step`` whatever the retention policy says.
+
+        Raises:
+            NotFound: ``step`` is not committed.
+        """
+        pin_step(self.context, step)
 
     def unpin(self, step: int) -> None:
-        self.store.delete(pin_key(step))
+        """Let retention decide about ``step`` again."""
+        unpin_step(self.context, step)
 
-    def gc(self, *, dry_run: bool = True, grace: float | None = None) -> GCReport:
+    def gc(self, *, dry_run: bool = True, grace: float = 3600.0) -> GCReport:
         """Find (and unless ``dry_run``, delete) data no committed manifest references and
-        stale uploads, older than ``grace`` seconds (default: the manager's ``gc_grace``)."""
-        return collect_garbage(self, dry_run=dry_run,
-                               grace=self.gc_grace if grace is None else grace)
+        stale uploads, older than ``grace`` seconds. For operators; safe to re-run.
+
+        Raises:
+            StorageError: a listing or deletion failed.
+        """
+        return collect_garbage(self.context, dry_run=dry_run, grace=grace)

@@ -11,9 +11,10 @@ What goes where (nothing is pickled):
   coordinator's JSON tree in the manifest metadata; tensors found in it travel through DCP
   under ``leaves.<i>`` (assumed identical on every rank, as for a scheduler or a step counter).
 
-Who calls what: every rank calls ``mgr.save`` / ``mgr.restore`` collectively; the coordinator
-(rank 0) chooses the step to restore, commits, and runs retention; the others wait at DCP's
-collectives.
+Who calls what: every rank calls ``mgr.save`` / ``mgr.restore`` collectively, which call
+:func:`save_step_distributed` / :func:`choose_step_collectively` here with the run's
+:class:`~cloudckpt.manager.context.RunContext`; the coordinator (rank 0) chooses the step to
+restore, commits, and runs retention; the others wait at DCP's collectives.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import base64
 import json
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +31,12 @@ import torch.distributed as dist
 
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 from cloudckpt.format.tree import decode_tree, encode_tree
-from cloudckpt.manager.state import FORMAT, capture_rng, restore_rng
-
-if TYPE_CHECKING:
-    from cloudckpt.manager.core import CheckpointManager
-    from cloudckpt.storage import Store
+from cloudckpt.manager.context import RunContext
+from cloudckpt.manager.lifecycle import retain_after_commit
+from cloudckpt.manager.resolve import check_which, resolve_step
+from cloudckpt.manager.state import FORMAT, capture, capture_rng, restore_rng
+from cloudckpt.manager.writing import index_metadata
+from cloudckpt.storage import Store
 
 __all__ = [
     "choose_step_collectively",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 META_KEY = "cloudckpt.manager.dist"
+log = logging.getLogger("cloudckpt.manager")
 
 
 def is_distributed() -> bool:
@@ -192,45 +195,46 @@ def restore_distributed(store: Store, objects: Mapping[str, Any], *, rng: bool) 
     return tree
 
 
-def save_step_distributed(mgr: CheckpointManager, step: int, objects: Mapping[str, Any], *,
+def save_step_distributed(ctx: RunContext, step: int, objects: Mapping[str, Any], *,
                           epoch: int | None, metrics: dict[str, float],
                           history: list[tuple[int, dict[str, float]]],
                           extra: Mapping[str, Any] | None, blocking: bool) -> None:
-    """``mgr.save`` on every rank: collective DCP save, then retention on the coordinator."""
-    import math
+    """``mgr.save`` on every rank (always blocking): collective DCP save of ``step``, then
+    retention on the coordinator, then a barrier. ``history`` includes this step.
 
-    from cloudckpt.errors import CloudckptError
-    from cloudckpt.format.keys import step_dir
-    from cloudckpt.manager.index import META_KEY as INDEX_META_KEY
-    from cloudckpt.manager.state import capture
-    from cloudckpt.storage import substore
-
-    log = logging.getLogger("cloudckpt.manager")
+    Raises:
+        InvalidArgument, UnsupportedValue: bad state (on the rank that found it; the others
+            then fail in DCP's collectives).
+        AlreadyExists, StorageError: the commit failed; nothing committed.
+    """
     if not blocking:
         log.warning("distributed saves are blocking (DCP collectives); saving step %d now", step)
     _dcp_objs, rest = _split_objects(objects)
     tree = capture(step, rest, epoch=epoch, metrics=metrics,
                    history=[[s, m] for s, m in history], extra=extra, rng=False)
-    meta = {INDEX_META_KEY: {"step": step, "epoch": epoch,
-                             "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
-                             "time": mgr.clock()}}
-    save_distributed(substore(mgr.store, step_dir(step)), step, objects, tree, meta,
-                     mgr.compression)
-    mgr.metrics_history = history
+    save_distributed(ctx.step_store(step), step, objects, tree,
+                     index_metadata(ctx, step, epoch, metrics), ctx.compression)
     if dist.get_rank() == 0:
-        log.info("committed step %d to %s (%d ranks)", step, mgr.uri, dist.get_world_size())
-        try:
-            mgr.apply_retention()
-        except CloudckptError as e:
-            log.warning("retention after step %d failed (will retry): %s", step, e)
+        log.info("committed step %d to %s (%d ranks)", step, ctx.uri, dist.get_world_size())
+        retain_after_commit(ctx, step)
     dist.barrier()
 
 
-def choose_step_collectively(mgr: CheckpointManager, step: int | str) -> int | None:
-    """The coordinator resolves ``"latest"``/``"best"``/an int and broadcasts it, so every
-    rank restores the same step (no fallback across ranks)."""
+def choose_step_collectively(ctx: RunContext, which: int | str) -> int | None:
+    """The coordinator resolves ``"latest"``/``"best"`` and broadcasts it, so every rank
+    restores the same step (no fallback across ranks); an int is broadcast as given (every
+    rank's restore then reports a missing step). Collective: every rank calls it.
+
+    Raises:
+        InvalidArgument: ``which`` is not a step selector (on every rank, before any
+            collective).
+        StorageError: the coordinator's listing failed (the other ranks then wait in the
+            broadcast until the process group's timeout).
+    """
+    check_which(which)
     chosen: list[Any] = [None]
     if dist.get_rank() == 0:
-        chosen[0] = mgr.latest() if step == "latest" else mgr.best() if step == "best" else step
+        chosen[0] = which if isinstance(which, int) else \
+            resolve_step(ctx.records(), which, ctx.metric, ctx.mode, uri=ctx.uri)
     dist.broadcast_object_list(chosen, src=0)
     return None if chosen[0] is None else int(chosen[0])

@@ -9,13 +9,10 @@ their data may still be worth recovering by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from cloudckpt.format.keys import step_dir
+from cloudckpt.manager.context import RunContext
 from cloudckpt.storage import ObjectInfo, PendingUpload
-
-if TYPE_CHECKING:
-    from cloudckpt.manager.core import CheckpointManager
 
 __all__ = ["GCReport", "collect_garbage"]
 
@@ -35,10 +32,16 @@ def _old(o: ObjectInfo, now: float, grace: float) -> bool:
     return o.mtime is None or now - o.mtime.timestamp() >= grace
 
 
-def collect_garbage(mgr: CheckpointManager, *, dry_run: bool, grace: float) -> GCReport:
-    """See the module docstring. Safe to interrupt and re-run."""
-    now = mgr.clock()
-    listing = mgr.index.scan()
+def collect_garbage(ctx: RunContext, *, dry_run: bool, grace: float) -> GCReport:
+    """Find (and unless ``dry_run``, delete) what the module docstring describes, older than
+    ``grace`` seconds by ``ctx.clock``. For operators (CLI ``gc``, a janitor job); any thread.
+    Safe to interrupt and re-run.
+
+    Raises:
+        StorageError: a listing or deletion failed (nothing half-deleted is visible).
+    """
+    now = ctx.clock()
+    listing = ctx.index.scan()
     orphans: list[ObjectInfo] = []
     corrupt: list[int] = []
     for step, objs in sorted(listing.data.items()):
@@ -46,24 +49,24 @@ def collect_garbage(mgr: CheckpointManager, *, dry_run: bool, grace: float) -> G
         if info is None:
             orphans += [o for o in objs if _old(o, now, grace)]
             continue
-        manifest = mgr.index.manifest(step, info)
+        manifest = ctx.index.manifest(step, info)
         if manifest is None:
             corrupt.append(step)
             continue
         used = {f"{step_dir(step)}/{k}" for k in manifest.objects}
         orphans += [o for o in objs if o.key not in used and _old(o, now, grace)]
-    all_objs = {o.key: o for o in mgr.store.list()}
+    all_objs = {o.key: o for o in ctx.store.list()}
     for step in listing.tiers | listing.pinned:
         if step not in listing.committed and step not in listing.archived:
             for key in (f"{step_dir(step)}/tier.json", f"pins/{step_dir(step)}"):
                 if key in all_objs and _old(all_objs[key], now, grace):
                     orphans.append(all_objs[key])
-    uploads = [u for u in mgr.store.list_pending_uploads()
+    uploads = [u for u in ctx.store.list_pending_uploads()
                if u.initiated is None or now - u.initiated.timestamp() >= grace]
     report = GCReport(dry_run, sorted(o.key for o in orphans), uploads, corrupt,
                       sum(o.size for o in orphans))
     if not dry_run:
-        mgr.store.delete_many(report.orphans)
+        ctx.store.delete_many(report.orphans)
         for u in uploads:
-            mgr.store.abort_pending_upload(u)
+            ctx.store.abort_pending_upload(u)
     return report

@@ -1,0 +1,85 @@
+"""The single-process save path: validate the call, build the training tree and the index
+metadata, write and commit one step. (The distributed path, :mod:`.distributed`, shares the
+validation and the metadata.)
+
+Who calls what: :meth:`CheckpointManager.save` calls :func:`check_save_args` and
+:func:`encode_step` on the training thread, then :func:`write_step` there (blocking) or on the
+background thread (async, with the leaves already staged); retention follows the commit
+(:func:`cloudckpt.manager.lifecycle.retain_after_commit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from cloudckpt.engine.writer import SaveInfo, write_encoded
+from cloudckpt.errors import InvalidArgument
+from cloudckpt.format.tree import Leaf, encode_tree
+from cloudckpt.manager.context import RunContext
+from cloudckpt.manager.index import META_KEY
+from cloudckpt.manager.state import capture
+
+__all__ = ["RESERVED", "check_save_args", "encode_step", "index_metadata", "write_step"]
+
+log = logging.getLogger("cloudckpt.manager")
+
+#: names the training tree uses itself; objects cannot take them
+RESERVED = frozenset({"step", "epoch", "metrics", "extra", "rng"})
+
+History = list[tuple[int, dict[str, float]]]
+
+
+def check_save_args(step: Any, objects: Mapping[str, Any]) -> None:
+    """Validate a save call before anything is captured. Pure; any caller.
+
+    Raises:
+        InvalidArgument: ``step`` is not a non-negative int, or an object takes a reserved name.
+    """
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise InvalidArgument(f"step must be a non-negative int, got {step!r}")
+    clash = RESERVED & set(objects)
+    if clash:
+        raise InvalidArgument(f"reserved names cannot be objects: {sorted(clash)}")
+
+
+def index_metadata(ctx: RunContext, step: int, epoch: int | None,
+                   metrics: Mapping[str, float]) -> dict[str, Any]:
+    """The manifest metadata the run index reads back (step, epoch, finite metrics, commit
+    time by ``ctx.clock``). Any caller; no I/O."""
+    return {META_KEY: {"step": step, "epoch": epoch,
+                       "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
+                       "time": ctx.clock()}}
+
+
+def encode_step(ctx: RunContext, step: int, objects: Mapping[str, Any], *, epoch: int | None,
+                metrics: Mapping[str, float], history: History, extra: Mapping[str, Any] | None,
+                rng: bool) -> tuple[Any, list[Leaf], dict[str, Any]]:
+    """Capture ``objects`` (and RNG states when ``rng``) into ``(tree, leaves, metadata)``.
+    On the training thread; the leaves still point at live tensors.
+
+    Raises:
+        UnsupportedValue, InvalidArgument: a value cannot be checkpointed; nothing written.
+    """
+    tree, leaves = encode_tree(
+        capture(step, objects, epoch=epoch, metrics=dict(metrics),
+                history=[[s, m] for s, m in history], extra=extra, rng=rng))
+    return tree, leaves, index_metadata(ctx, step, epoch, metrics)
+
+
+def write_step(ctx: RunContext, step: int, tree: Any, leaves: list[Leaf],
+               meta: Mapping[str, Any]) -> SaveInfo:
+    """Write and commit ``step`` under the run root (create-only). On the training thread
+    (blocking) or the background thread (async); one call per step at a time.
+
+    Raises:
+        AlreadyExists: ``step`` is already committed (e.g. by a zombie node).
+        StorageError: the save failed; nothing committed.
+    """
+    info = write_encoded(tree, leaves, ctx.step_store(step), metadata=meta,
+                         compression=ctx.compression)
+    log.info("committed step %d to %s (%.1f MiB stored)", step, info.uri,
+             info.stored_bytes / 2**20)
+    return info
