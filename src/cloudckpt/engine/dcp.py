@@ -80,7 +80,7 @@ DCP_KEY = "cloudckpt.dcp"
 SAFE_BYTES_MAGIC = b"cloudckpt-tree/1\n"
 
 
-def _encode_value(item: Any, planner: SavePlanner) -> np.ndarray:  # type: ignore[type-arg]
+def _encode_value(item: Any, planner: SavePlanner) -> np.ndarray[Any, Any]:
     """A bytes item's value in the safe encoding: the original object (not DCP's pickle).
 
     Raises:
@@ -210,7 +210,7 @@ class Writer(_Target, StorageWriter):
             if item.type == WriteItemType.BYTE_IO:
                 value: Any = _encode_value(item, planner)
             else:
-                value = planner.resolve_data(item).detach()  # type: ignore[union-attr]
+                value = planner.resolve_data(item).detach()
             leaves.append(Leaf(f"{item.index.fqn}", value, i))
         written = write_leaves(store, leaves, f"{self.save_id}-{prefix}",
                                compression=self.compression, chunk_size=self.chunk_size,

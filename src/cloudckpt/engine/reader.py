@@ -57,11 +57,11 @@ def _allocate(rec: TensorRecord) -> tuple[Any, np.ndarray]:
     shape is checked against the recorded size (itself checked against the chunks) before
     anything is allocated."""
     if rec.kind == "torch":
-        dt = _torch_dtype(rec.dtype)
-        itemsize = torch.empty((), dtype=dt).element_size()
+        tdt = _torch_dtype(rec.dtype)
+        itemsize = torch.empty((), dtype=tdt).element_size()
         if math.prod(rec.shape) * itemsize != rec.nbytes:
             raise CorruptCheckpoint(f"{rec.path}: {rec.nbytes} bytes do not fit {rec.dtype}{list(rec.shape)}")
-        t = torch.empty(rec.shape, dtype=dt)
+        t = torch.empty(rec.shape, dtype=tdt)
         return t, t.reshape(-1).view(torch.uint8).numpy()
     try:
         dt = np.dtype(rec.dtype)

@@ -15,13 +15,13 @@ from cloudckpt.format.manifest import ChunkRecord
 __all__ = ["checksum", "decode_chunk"]
 
 
-def checksum(data: bytes | memoryview | np.ndarray) -> str:  # type: ignore[type-arg]
+def checksum(data: bytes | memoryview | np.ndarray[Any, Any]) -> str:
     """The xxh3-64 hex digest the manifest records for ``data``. Any caller."""
-    return xxhash.xxh3_64_hexdigest(data)
+    return xxhash.xxh3_64_hexdigest(data)  # type: ignore[arg-type]  # ndarray is a buffer
 
 
 def decode_chunk(c: ChunkRecord, stored: bytes | memoryview, *, verify: bool = True,
-                 out: np.ndarray | None = None) -> Any:  # type: ignore[type-arg]
+                 out: np.ndarray[Any, Any] | None = None) -> Any:
     """Check ``stored`` against ``c`` and decode it: into ``out`` (a writable uint8 array of
     ``c.raw_size`` bytes) when given, else into new memory, which is returned. Decoding never
     allocates more than ``c.raw_size`` bytes. Any thread may call this.

@@ -9,6 +9,7 @@ tensors become a handful of chunks. Chunks are grouped in order into objects of 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class ChunkPlan:
         return sum(e - s for _, s, e in self.pieces)
 
 
-def dtype_name(dtype: torch.dtype | np.dtype) -> str:  # type: ignore[type-arg]
+def dtype_name(dtype: torch.dtype | np.dtype[Any]) -> str:
     """The manifest's spelling of a dtype: ``"bfloat16"`` for torch, ``"<f4"`` for numpy."""
     if isinstance(dtype, torch.dtype):
         return str(dtype).removeprefix("torch.")

@@ -37,8 +37,11 @@ MIN_HMAC_KEY_BYTES = 16
 class Signer(Protocol):
     """Signs manifest bodies. ``alg`` and ``key_id`` are recorded beside the signature."""
 
-    alg: str
-    key_id: str
+    @property
+    def alg(self) -> str: ...
+
+    @property
+    def key_id(self) -> str: ...
 
     def sign(self, message: bytes) -> bytes:
         """The signature of ``message``."""
