@@ -25,8 +25,42 @@ def async_then_return(uri: str, opts: dict, exit_timeout: float) -> None:
     print("returning", flush=True)
 
 
+def value(name: str, step: int) -> float:
+    return (1000.0 if name == "live" else 2000.0) + step
+
+
+def script(uri: str, opts: dict, name: str, sync: str, actions: str) -> None:
+    """Run ``actions`` (comma-separated: restore, save:N, wait:FILE, touch:FILE), printing
+    what happened; a node that crashes exits non-zero."""
+    import os
+    import time
+
+    mgr = cloudckpt.CheckpointManager(uri, storage_options=opts)
+    model = torch.nn.Module()
+    model.register_buffer("w", torch.zeros(1000))
+    for action in actions.split(","):
+        verb, _, arg = action.partition(":")
+        if verb == "restore":
+            st = mgr.restore(model=model)
+            print(f"RESTORED {st.step if st else 0}", flush=True)
+        elif verb == "save":
+            model.w.fill_(value(name, int(arg)))
+            info = mgr.save(int(arg), model=model)
+            print(f"{'SAVED' if info is not None else 'SKIPPED'} {arg}", flush=True)
+        elif verb == "wait":
+            deadline = time.monotonic() + 120
+            while not os.path.exists(os.path.join(sync, arg)):
+                assert time.monotonic() < deadline, f"timed out waiting for {arg}"
+                time.sleep(0.02)
+        elif verb == "touch":
+            open(os.path.join(sync, arg), "w").close()
+    mgr.close()
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     mode, uri, opts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     if mode == "async-exit":
         async_then_return(uri, opts, float(sys.argv[4]))
+    elif mode == "script":
+        script(uri, opts, sys.argv[4], sys.argv[5], sys.argv[6])

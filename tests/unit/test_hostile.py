@@ -240,7 +240,7 @@ def test_dcp_tensors_inside_non_tensor_values_are_refused(tmp_path) -> None:  # 
             return {"t": torch.ones(2)}
 
     class Item:
-        class index:  # noqa: N801
+        class index:
             fqn = "x"
 
     with pytest.raises(UnsupportedValue, match="tensors inside"):

@@ -13,6 +13,8 @@ Under a run root (the manager's layout)::
     step-000000000100/tier.json                  its storage class, after an in-place move
     archived/step-000000000100.json              pointer to a copy moved to an archive URI
     pins/step-000000000100                       the user pinned this step
+    generations/0000000002.json                  lineage: generation 2 resumed from a step of
+                                                 an older generation (claimed create-only)
 
 Keys are relative POSIX paths that can never leave the root they are relative to.
 """
@@ -23,9 +25,26 @@ import re
 
 from cloudckpt.errors import InvalidKey
 
-__all__ = ["DATA_PREFIX", "MANIFEST_KEY", "SAVE_ID_RE", "STEP_RE", "SUPERSEDED_PREFIX", "TIER_FILE",
-           "archived_key", "data_key", "join_key",
-           "parse_step_dir", "pin_key", "step_dir", "superseded_key", "tier_key", "validate_key"]
+__all__ = [
+    "DATA_PREFIX",
+    "GENERATIONS_PREFIX",
+    "GENERATION_RE",
+    "MANIFEST_KEY",
+    "SAVE_ID_RE",
+    "STEP_RE",
+    "SUPERSEDED_PREFIX",
+    "TIER_FILE",
+    "archived_key",
+    "data_key",
+    "generation_key",
+    "join_key",
+    "parse_step_dir",
+    "pin_key",
+    "step_dir",
+    "superseded_key",
+    "tier_key",
+    "validate_key",
+]
 
 MANIFEST_KEY = "manifest.json"
 DATA_PREFIX = "data"
@@ -82,6 +101,15 @@ def parse_step_dir(name: str) -> int | None:
     """The step of a ``step-NNNNNNNNNNNN`` name, or ``None`` for any other name."""
     m = STEP_RE.match(name)
     return int(m.group(1)) if m else None
+
+
+GENERATIONS_PREFIX = "generations"
+GENERATION_RE = re.compile(r"^(\d{10})\.json$")
+
+
+def generation_key(number: int) -> str:
+    """The claim record of lineage generation ``number``."""
+    return f"{GENERATIONS_PREFIX}/{number:010d}.json"
 
 
 def archived_key(step: int) -> str:

@@ -53,6 +53,6 @@ def archive_checkpoint(ctx: RunContext, step: int, policy: ArchivePolicy) -> Non
     copy_checkpoint(sub, dest, storage_class=policy.storage_class)
     pointer = {"uri": dest.uri, "time": rec.time, "epoch": rec.epoch, "metrics": rec.metrics,
                "raw_bytes": rec.raw_bytes, "stored_bytes": rec.stored_bytes,
-               "tier": policy.storage_class}
+               "tier": policy.storage_class, "generation": rec.generation}
     ctx.store.put(archived_key(step), json.dumps(pointer).encode())
     delete_checkpoint(sub)

@@ -29,7 +29,7 @@ from cloudckpt.manager.distributed import (
     save_step_distributed,
 )
 from cloudckpt.manager.gc import GCReport, collect_garbage
-from cloudckpt.manager.index import CheckpointRecord, RunIndex
+from cloudckpt.manager.index import META_KEY, CheckpointRecord, RunIndex
 from cloudckpt.manager.lifecycle import (
     apply_retention,
     delete_step,
@@ -37,6 +37,7 @@ from cloudckpt.manager.lifecycle import (
     retain_after_commit,
     unpin_step,
 )
+from cloudckpt.manager.lineage import LineageState, live_records, prepare_commit
 from cloudckpt.manager.options import (
     ArchivePolicy,
     AsyncOptions,
@@ -108,6 +109,7 @@ class CheckpointManager:
                                                                     metric, mode)
                                        if retention is None else retention, archive=archive)
         self._history: list[tuple[int, dict[str, float]]] = []
+        self._lineage = LineageState()
         self._stager = Stager()
         self._background = BackgroundSaver(self.uri, self.async_options.exit_timeout)
         self._preemption = None if preempt is None else \
@@ -160,8 +162,9 @@ class CheckpointManager:
         return [r.step for r in self.checkpoints()]
 
     def latest(self) -> int | None:
-        """The newest committed step (``None``: none). Raises: StorageError."""
-        return resolve_step(self.checkpoints(), "latest")
+        """The newest committed step of the live lineage (``None``: none; see
+        :mod:`cloudckpt.manager.lineage`). Raises: StorageError."""
+        return resolve_step(live_records(self.context), "latest")
 
     def best(self) -> int | None:
         """The best committed step by ``metric``/``mode`` (``None``: no metric or no values).
@@ -216,10 +219,14 @@ class CheckpointManager:
         tree, leaves, meta = encode_step(ctx, step, objects, epoch=epoch, metrics=mets,
                                          history=history, extra=extra, rng=rng)
 
-        def commit(leaves: list[Any] = leaves) -> SaveInfo:
-            info = write_step(ctx, step, tree, leaves, meta)
+        def commit(leaves: list[Any] = leaves) -> SaveInfo | None:
+            plan = prepare_commit(ctx, self._lineage, step)
+            if plan is None:  # a newer generation resumed this run: we are a stale node
+                return None
+            meta[META_KEY]["generation"] = plan.generation
+            info = write_step(ctx, step, tree, leaves, meta, overwrite=plan.overwrite)
             self._history = history
-            retain_after_commit(ctx, step)
+            retain_after_commit(ctx, step, plan.generation)
             return info
 
         if blocking:
@@ -353,6 +360,8 @@ class CheckpointManager:
                             map_location=map_location)
         if state is not None:
             self._history = list(state.metrics_history)
+            # the next save claims a new generation that resumes from this checkpoint
+            self._lineage = LineageState(parent=(state.step, state.generation))
         return state
 
     # -- retention, archival, deletion ----------------------------------------------------

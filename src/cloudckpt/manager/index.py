@@ -16,18 +16,41 @@ checkpoints no longer listed are dropped, so the cache stays as large as the run
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudckpt.errors import CloudckptError
+from cloudckpt.engine.trust import resolve_verifier
+from cloudckpt.errors import CloudckptError, CorruptCheckpoint
 from cloudckpt.format.keys import DATA_PREFIX, MANIFEST_KEY, STEP_RE, TIER_FILE, step_dir, tier_key
-from cloudckpt.format.manifest import Manifest, decode_manifest
+from cloudckpt.format.manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest
 from cloudckpt.storage import ObjectInfo, Store
 
 __all__ = ["CheckpointRecord", "RunIndex", "step_dir"]
 
 META_KEY = "cloudckpt.manager"
+_MAX_POINTER_BYTES = 64 * 1024
+log = logging.getLogger("cloudckpt.manager")
+
+
+def _epoch(v: Any) -> int | None:
+    if v is None or (type(v) is int and v >= 0):
+        return v
+    raise TypeError(f"epoch {v!r} is not a non-negative int")
+
+
+def _metrics(v: Any) -> dict[str, float]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise TypeError("metrics must be an object")
+    return {str(k): float(x) for k, x in v.items()}
+
+
+def _generation(meta: dict[str, Any]) -> int:
+    g = meta.get("generation", 0)
+    return g if type(g) is int and g >= 0 else 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,7 @@ class CheckpointRecord:
     stored_bytes: int = 0
     tier: str | None = None
     pinned: bool = False
+    generation: int = 0  # the lineage generation that wrote it (see manager.lineage)
 
 
 @dataclass(frozen=True)
@@ -89,14 +113,21 @@ class RunIndex:
         return Listing(committed, data, tiers, archived, pinned)
 
     def manifest(self, step: int, info: ObjectInfo) -> Manifest | None:
-        """The validated manifest of a hot checkpoint, or None if it does not validate."""
+        """The validated manifest of a hot checkpoint, or None if it does not validate (or,
+        with a verification key configured, is not validly signed): such a checkpoint is
+        skipped by every run-level operation, with one WARNING naming it."""
         ck = (info.key, info.etag)
         with self._lock:
             if ck in self._cache:
                 return self._cache[ck]
         try:
-            m: Manifest | None = decode_manifest(self.store.get(info.key))
-        except CloudckptError:
+            if info.size > MAX_MANIFEST_BYTES:
+                raise CorruptCheckpoint(f"larger than the {MAX_MANIFEST_BYTES} bytes allowed")
+            m: Manifest | None = decode_manifest(
+                self.store.get_range(info.key, 0, MAX_MANIFEST_BYTES), resolve_verifier(None))
+        except CloudckptError as e:
+            log.warning("skipping damaged checkpoint of step %d at %s/%s: %s", step,
+                        self.store.uri, info.key, e)
             m = None
         with self._lock:
             self._cache[ck] = m
@@ -108,13 +139,16 @@ class RunIndex:
         out: dict[int, CheckpointRecord] = {}
         for step, info in lst.archived.items():
             try:
-                d = json.loads(self.store.get(info.key))
+                d = json.loads(self.store.get_range(info.key, 0, _MAX_POINTER_BYTES))
                 out[step] = CheckpointRecord(
                     step=step, uri=str(d["uri"]), location="archived", time=float(d["time"]),
                     epoch=d.get("epoch"), metrics=dict(d.get("metrics") or {}),
                     raw_bytes=int(d.get("raw_bytes", 0)), stored_bytes=int(d.get("stored_bytes", 0)),
-                    tier=d.get("tier"), pinned=step in lst.pinned)
-            except (CloudckptError, ValueError, KeyError, TypeError):
+                    tier=d.get("tier"), pinned=step in lst.pinned,
+                    generation=_generation(d))
+            except (CloudckptError, ValueError, KeyError, TypeError, RecursionError) as e:
+                log.warning("skipping malformed archive record %s/%s: %s", self.store.uri,
+                            info.key, e)
                 continue
         live = {(info.key, info.etag) for info in lst.committed.values()}
         with self._lock:  # forget manifests of deleted or rewritten checkpoints
@@ -126,13 +160,18 @@ class RunIndex:
             if m is None:
                 continue
             meta = m.metadata.get(META_KEY, {}) if isinstance(m.metadata, dict) else {}
+            meta = meta if isinstance(meta, dict) else {}
             tier = self.tier(step) if step in lst.tiers else None
-            out[step] = CheckpointRecord(
-                step=step, uri=f"{root}/{step_dir(step)}", location="hot",
-                time=float(meta.get("time") or (info.mtime.timestamp() if info.mtime else 0.0)),
-                epoch=meta.get("epoch"), metrics=dict(meta.get("metrics") or {}),
-                raw_bytes=m.raw_bytes, stored_bytes=m.stored_bytes, tier=tier,
-                pinned=step in lst.pinned)
+            try:
+                out[step] = CheckpointRecord(
+                    step=step, uri=f"{root}/{step_dir(step)}", location="hot",
+                    time=float(meta.get("time") or (info.mtime.timestamp() if info.mtime else 0)),
+                    epoch=_epoch(meta.get("epoch")), metrics=_metrics(meta.get("metrics")),
+                    raw_bytes=m.raw_bytes, stored_bytes=m.stored_bytes, tier=tier,
+                    pinned=step in lst.pinned, generation=_generation(meta))
+            except (ValueError, TypeError, OverflowError) as e:
+                log.warning("skipping checkpoint of step %d at %s: malformed run metadata: %s",
+                            step, self.store.uri, e)
         return [out[s] for s in sorted(out)]
 
     def tier(self, step: int) -> str | None:

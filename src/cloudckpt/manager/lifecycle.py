@@ -15,6 +15,7 @@ from cloudckpt.errors import CloudckptError, NotFound
 from cloudckpt.format.keys import archived_key, pin_key, tier_key
 from cloudckpt.manager.archive import archive_checkpoint
 from cloudckpt.manager.context import RunContext
+from cloudckpt.manager.lineage import live_records
 from cloudckpt.manager.resolve import summarize
 from cloudckpt.manager.retention import plan_retention
 
@@ -23,9 +24,11 @@ __all__ = ["apply_retention", "delete_step", "pin_step", "retain_after_commit", 
 log = logging.getLogger("cloudckpt.manager")
 
 
-def apply_retention(ctx: RunContext) -> list[int]:
-    """Remove (or archive, per ``ctx.archive``) the hot checkpoints that ``ctx.retention`` does
-    not keep; never the latest, the best or a pinned one. Returns their steps, oldest first.
+def apply_retention(ctx: RunContext, generation: int | None = None) -> list[int]:
+    """Remove (or archive, per ``ctx.archive``) the hot checkpoints of the live lineage (of
+    ``generation``, default the newest) that ``ctx.retention`` does not keep; never the
+    latest, the best or a pinned one, and never a checkpoint of another branch. Returns their
+    steps, oldest first.
 
     Raises:
         StorageError, CorruptCheckpoint: a deletion or archival failed midway; nothing visible
@@ -33,7 +36,8 @@ def apply_retention(ctx: RunContext) -> list[int]:
     """
     if ctx.retention is None:
         return []
-    records = [r for r in ctx.records() if r.location == "hot" and r.tier is None]
+    records = [r for r in live_records(ctx, of=generation)
+               if r.location == "hot" and r.tier is None]
     doomed = plan_retention(summarize(records), ctx.retention, ctx.clock(),
                             metric=ctx.metric, mode=ctx.mode)
     for s in doomed:
@@ -46,7 +50,7 @@ def apply_retention(ctx: RunContext) -> list[int]:
     return doomed
 
 
-def retain_after_commit(ctx: RunContext, step: int) -> None:
+def retain_after_commit(ctx: RunContext, step: int, generation: int | None = None) -> None:
     """:func:`apply_retention` after ``step`` committed; a cloudckpt error is logged as a
     WARNING, not raised (the checkpoint is committed; the next save retries).
 
@@ -54,7 +58,7 @@ def retain_after_commit(ctx: RunContext, step: int) -> None:
         Only what is not a CloudckptError (a bug, a simulated crash in tests).
     """
     try:
-        apply_retention(ctx)
+        apply_retention(ctx, generation)
     except CloudckptError as e:
         log.warning("retention after step %d failed (will retry on the next save): %s", step, e)
 

@@ -22,13 +22,15 @@ from cloudckpt.manager.distributed import (
     restore_distributed,
     split_objects,
 )
-from cloudckpt.manager.index import CheckpointRecord
+from cloudckpt.manager.index import CheckpointRecord, Listing
+from cloudckpt.manager.lineage import live_records
 from cloudckpt.manager.resolve import check_which, resolve_step
 from cloudckpt.manager.state import restore_into
 
 __all__ = ["TrainingState", "load_record", "restore_run"]
 
 log = logging.getLogger("cloudckpt.manager")
+_RELISTS = 4  # restores that find their checkpoint deleted under them look again this often
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class TrainingState:
     best_metric: float | None
     extra: dict[str, Any] = field(default_factory=dict)
     uri: str = ""
+    generation: int = 0  # lineage generation of the restored checkpoint
 
 
 def restore_run(ctx: RunContext, which: int | str, objects: Mapping[str, Any], *, rng: bool,
@@ -60,53 +63,84 @@ def restore_run(ctx: RunContext, which: int | str, objects: Mapping[str, Any], *
         RehydrationRequired: it lies in an archive tier that needs a restore first.
     """
     check_which(which)
-    listing = ctx.index.scan()
-    records = ctx.records(listing)
-    by_step = {r.step: r for r in records}
-    if which == "latest":
-        newer_incomplete = [s for s in listing.data if s not in by_step
-                            and (not records or s > records[-1].step)]
-        candidates = sorted(by_step, reverse=True)
-        if newer_incomplete:
-            log.warning("ignoring incomplete checkpoint(s) %s under %s (no committed "
-                        "manifest)", sorted(newer_incomplete), ctx.uri)
-    else:
+    skipped: list[int] = []
+    for _attempt in range(_RELISTS):
+        listing = ctx.index.scan()
+        records = ctx.records(listing)
+        by_step = {r.step: r for r in records}
+        candidates = _candidates(ctx, which, listing, records)
+        if not candidates:
+            if listing.data:
+                log.warning("no committed checkpoint under %s; incomplete saves found for "
+                            "steps %s", ctx.uri, sorted(listing.data))
+            return None
+        vanished = False
+        for s in candidates:
+            if s in skipped:
+                continue
+            rec = by_step[s]
+            try:
+                tree = load_record(ctx, rec, map_location, objects, rng)
+            except NotFound as e:
+                if which != "latest":
+                    raise
+                # deleted under us (a concurrent retention pass): look again, newer ones too
+                log.warning("checkpoint step %d at %s vanished while restoring (%s); "
+                            "listing the run again", s, rec.uri, e)
+                vanished = True
+                break
+            except CorruptCheckpoint as e:
+                if which != "latest":
+                    raise
+                log.warning("checkpoint step %d at %s is unusable (%s); trying an older one",
+                            s, rec.uri, e)
+                skipped.append(s)
+                continue
+            if skipped:
+                log.warning("restored step %d from %s instead of newer step(s) %s", s,
+                            rec.uri, skipped)
+            return _finish(ctx, tree, rec, records, objects, rng=rng, strict=strict)
+        if not vanished:
+            break
+    raise CorruptCheckpoint(f"no intact checkpoint under {ctx.uri}; tried steps {skipped}")
+
+
+def _candidates(ctx: RunContext, which: int | str, listing: Listing,
+                records: list[CheckpointRecord]) -> list[int]:
+    """Steps to try, best first: for "latest", the live lineage newest first, then (as a last
+    resort, with a WARNING) other branches; else the one step asked for."""
+    if which != "latest":
         chosen = resolve_step(records, which, ctx.metric, ctx.mode, uri=ctx.uri)
         if chosen is None:
             raise NotFound(f"no checkpoint under {ctx.uri} reports metric {ctx.metric!r}")
-        candidates = [chosen]
-    if not candidates:
-        if listing.data:
-            log.warning("no committed checkpoint under %s; incomplete saves found for "
-                        "steps %s", ctx.uri, sorted(listing.data))
-        return None
-    skipped: list[int] = []
-    for s in candidates:
-        rec = by_step[s]
-        try:
-            tree = load_record(ctx, rec, map_location, objects, rng)
-        except (CorruptCheckpoint, NotFound) as e:
-            if which != "latest":
-                raise
-            log.warning("checkpoint step %d at %s is unusable (%s); trying an older one",
-                        s, rec.uri, e)
-            skipped.append(s)
-            continue
-        if skipped:
-            log.warning("restored step %d from %s instead of newer step(s) %s", s, rec.uri,
-                        skipped)
-        loaded_here = split_objects(objects)[0] if tree.get("_dcp") else {}
-        restore_into(tree, {k: v for k, v in objects.items() if k not in loaded_here},
-                     rng=rng and not tree.get("_dcp"), strict=strict)
-        history = [(int(h[0]), dict(h[1])) for h in tree.get("metrics_history", [])]
-        best = resolve_step(records, "best", ctx.metric, ctx.mode, uri=ctx.uri)
-        best_val = by_step[best].metrics.get(ctx.metric) \
-            if best is not None and ctx.metric else None
-        return TrainingState(step=int(tree["step"]), epoch=tree.get("epoch"),
-                             metrics=dict(tree.get("metrics") or {}), metrics_history=history,
-                             best_step=best, best_metric=best_val,
-                             extra=dict(tree.get("extra") or {}), uri=rec.uri)
-    raise CorruptCheckpoint(f"no intact checkpoint under {ctx.uri}; tried steps {skipped}")
+        return [chosen]
+    newer_incomplete = [s for s in listing.data if s not in {r.step for r in records}
+                        and (not records or s > records[-1].step)]
+    if newer_incomplete:
+        log.warning("ignoring incomplete checkpoint(s) %s under %s (no committed "
+                    "manifest)", sorted(newer_incomplete), ctx.uri)
+    live = live_records(ctx, records)
+    others = sorted({r.step for r in records} - {r.step for r in live}, reverse=True)
+    if others:
+        log.warning("ignoring step(s) %s under %s: written by a stale node or an abandoned "
+                    "branch of the run (not in the live lineage)", sorted(others), ctx.uri)
+    return sorted((r.step for r in live), reverse=True) + others
+
+
+def _finish(ctx: RunContext, tree: Any, rec: CheckpointRecord, records: list[CheckpointRecord],
+            objects: Mapping[str, Any], *, rng: bool, strict: bool) -> TrainingState:
+    loaded_here = split_objects(objects)[0] if tree.get("_dcp") else {}
+    restore_into(tree, {k: v for k, v in objects.items() if k not in loaded_here},
+                 rng=rng and not tree.get("_dcp"), strict=strict)
+    history = [(int(h[0]), dict(h[1])) for h in tree.get("metrics_history", [])]
+    by_step = {r.step: r for r in records}
+    best = resolve_step(records, "best", ctx.metric, ctx.mode, uri=ctx.uri)
+    best_val = by_step[best].metrics.get(ctx.metric) if best is not None and ctx.metric else None
+    return TrainingState(step=int(tree["step"]), epoch=tree.get("epoch"),
+                         metrics=dict(tree.get("metrics") or {}), metrics_history=history,
+                         best_step=best, best_metric=best_val,
+                         extra=dict(tree.get("extra") or {}), uri=rec.uri,
+                         generation=rec.generation)
 
 
 def load_record(ctx: RunContext, rec: CheckpointRecord, map_location: Any,

@@ -46,12 +46,12 @@ def check_save_args(step: Any, objects: Mapping[str, Any]) -> None:
 
 
 def index_metadata(ctx: RunContext, step: int, epoch: int | None,
-                   metrics: Mapping[str, float]) -> dict[str, Any]:
+                   metrics: Mapping[str, float], generation: int = 0) -> dict[str, Any]:
     """The manifest metadata the run index reads back (step, epoch, finite metrics, commit
-    time by ``ctx.clock``). Any caller; no I/O."""
+    time by ``ctx.clock``, lineage generation). Any caller; no I/O."""
     return {META_KEY: {"step": step, "epoch": epoch,
                        "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
-                       "time": ctx.clock()}}
+                       "time": ctx.clock(), "generation": generation}}
 
 
 def encode_step(ctx: RunContext, step: int, objects: Mapping[str, Any], *, epoch: int | None,
@@ -70,16 +70,18 @@ def encode_step(ctx: RunContext, step: int, objects: Mapping[str, Any], *, epoch
 
 
 def write_step(ctx: RunContext, step: int, tree: Any, leaves: list[Leaf],
-               meta: Mapping[str, Any]) -> SaveInfo:
-    """Write and commit ``step`` under the run root (create-only). On the training thread
-    (blocking) or the background thread (async); one call per step at a time.
+               meta: Mapping[str, Any], *, overwrite: bool = False) -> SaveInfo:
+    """Write and commit ``step`` under the run root: create-only, or replacing the checkpoint
+    there when ``overwrite`` (one not in the saver's lineage, see :mod:`.lineage`). On the
+    training thread (blocking) or the background thread (async); one call per step at a time.
 
     Raises:
-        AlreadyExists: ``step`` is already committed (e.g. by a zombie node).
+        AlreadyExists: ``step`` is already committed in this run's lineage (another writer of
+            the same generation won).
         StorageError: the save failed; nothing committed.
     """
     info = write_encoded(tree, leaves, ctx.step_store(step), metadata=meta,
-                         compression=ctx.compression)
+                         compression=ctx.compression, overwrite=overwrite)
     log.info("committed step %d to %s (%.1f MiB stored)", step, info.uri,
              info.stored_bytes / 2**20)
     return info
