@@ -53,9 +53,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table(["STEP", "TIME", "RAW", "STORED", "METRICS", "TIER", "STATUS"], [
+        print_table(["STEP", "TIME", "RAW", "STORED", "METRICS", "TIER", "SIGNATURE", "STATUS"], [
             [r["step"], r["time"], human(r["raw_bytes"]), human(r["stored_bytes"]),
              " ".join(f"{k}={v:.4g}" for k, v in r["metrics"].items()), r["tier"] or "-",
+             r["signature"].split(" (")[0],
              r["status"] + (" (archived)" if r.get("location") == "archived" else "")]
             for r in rows])
         for r in rows:
@@ -108,11 +109,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         rep = verify(target, progress=bar.update)
     if args.json:
         print_json({"uri": rep.uri, "ok": rep.ok, "objects": rep.objects, "chunks": rep.chunks,
-                    "stored_bytes": rep.stored_bytes, "problems": rep.problems})
+                    "stored_bytes": rep.stored_bytes, "problems": rep.problems,
+                    "signature": rep.signature})
     else:
         state = "OK" if rep.ok else f"{len(rep.problems)} PROBLEM(S)"
         print(f"{rep.uri}: {state} ({rep.objects} objects, {rep.chunks} chunks, "
-              f"{human(rep.stored_bytes)})")
+              f"{human(rep.stored_bytes)}); signature: {rep.signature}")
         for prob in rep.problems:
             print(f"  {prob}")
     return 0 if rep.ok else 1

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from cloudckpt.engine.verify import verify
+from cloudckpt.engine.verify import signature_status, verify
 from cloudckpt.errors import NotFound
 from cloudckpt.format.keys import MANIFEST_KEY, step_dir
 from cloudckpt.manager import RunContext, resolve_step
@@ -46,7 +46,8 @@ def _iso(t: float | None) -> str:
 
 def rows_for(uri: str, options: Mapping[str, Any] | None, do_verify: bool) -> list[dict[str, Any]]:
     """One dict per checkpoint under ``uri`` (or for ``uri`` itself): step, time, sizes,
-    metrics, tier, status (committed / incomplete / corrupt), uri."""
+    metrics, tier, status (committed / incomplete / corrupt), signature status, lineage
+    generation, uri."""
     store = open_store(uri, storage_options=options)
     if is_checkpoint(store):
         from cloudckpt.engine.commit import read_manifest
@@ -55,7 +56,8 @@ def rows_for(uri: str, options: Mapping[str, Any] | None, do_verify: bool) -> li
         meta = m.metadata.get(META_KEY, {}) if isinstance(m.metadata, dict) else {}
         row = {"step": meta.get("step"), "time": m.created, "raw_bytes": m.raw_bytes,
                "stored_bytes": m.stored_bytes, "metrics": meta.get("metrics", {}), "tier": None,
-               "status": "committed", "uri": store.uri}
+               "status": "committed", "uri": store.uri, "signature": signature_status(m),
+               "generation": meta.get("generation", 0)}
         if do_verify:
             rep = verify(store)
             row["status"] = "committed" if rep.ok else "corrupt"
@@ -68,18 +70,20 @@ def rows_for(uri: str, options: Mapping[str, Any] | None, do_verify: bool) -> li
         rows[rec.step] = {"step": rec.step, "time": _iso(rec.time), "raw_bytes": rec.raw_bytes,
                           "stored_bytes": rec.stored_bytes, "metrics": rec.metrics,
                           "tier": rec.tier, "status": "committed", "uri": rec.uri,
-                          "location": rec.location, "pinned": rec.pinned}
+                          "location": rec.location, "pinned": rec.pinned,
+                          "signature": rec.signature, "generation": rec.generation}
     for step, info in listing.committed.items():
         if step not in rows:
             rows[step] = {"step": step, "time": "", "raw_bytes": 0, "stored_bytes": 0,
-                          "metrics": {}, "tier": None, "status": "corrupt",
+                          "metrics": {}, "tier": None, "status": "corrupt", "signature": "-",
                           "uri": f"{store.uri}/{step_dir(step)}",
                           "problems": [f"{info.key}: manifest does not validate"]}
     for step, objs in listing.data.items():
         if step not in rows:
             rows[step] = {"step": step, "time": "", "raw_bytes": 0,
                           "stored_bytes": sum(o.size for o in objs), "metrics": {}, "tier": None,
-                          "status": "incomplete", "uri": f"{store.uri}/{step_dir(step)}"}
+                          "status": "incomplete", "uri": f"{store.uri}/{step_dir(step)}",
+                          "signature": "-"}
     if do_verify:
         for row in rows.values():
             if row["status"] == "committed":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudckpt.engine.trust import resolve_verifier
+from cloudckpt.engine.verify import signature_status
 from cloudckpt.errors import CloudckptError, CorruptCheckpoint
 from cloudckpt.format.keys import DATA_PREFIX, MANIFEST_KEY, STEP_RE, TIER_FILE, step_dir, tier_key
 from cloudckpt.format.manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest
@@ -68,6 +69,7 @@ class CheckpointRecord:
     tier: str | None = None
     pinned: bool = False
     generation: int = 0  # the lineage generation that wrote it (see manager.lineage)
+    signature: str = "unsigned"  # engine.verify.signature_status of its manifest
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,8 @@ class RunIndex:
                     time=float(meta.get("time") or (info.mtime.timestamp() if info.mtime else 0)),
                     epoch=_epoch(meta.get("epoch")), metrics=_metrics(meta.get("metrics")),
                     raw_bytes=m.raw_bytes, stored_bytes=m.stored_bytes, tier=tier,
-                    pinned=step in lst.pinned, generation=_generation(meta))
+                    pinned=step in lst.pinned, generation=_generation(meta),
+                    signature=signature_status(m))
             except (ValueError, TypeError, OverflowError) as e:
                 log.warning("skipping checkpoint of step %d at %s: malformed run metadata: %s",
                             step, self.store.uri, e)
