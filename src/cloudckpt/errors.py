@@ -14,6 +14,7 @@ __all__ = [
     "AlreadyExists",
     "CloudckptError",
     "CorruptCheckpoint",
+    "EndpointUnreachable",
     "IncompleteCheckpoint",
     "InvalidArgument",
     "InvalidKey",
@@ -21,6 +22,7 @@ __all__ = [
     "NotFound",
     "RehydrationRequired",
     "StorageError",
+    "StorageTimeout",
     "TransientStorageError",
     "UnsupportedOperation",
     "UnsupportedValue",
@@ -55,6 +57,17 @@ class StorageError(CloudckptError, OSError):
 class TransientStorageError(StorageError):
     """A storage operation failed in a way that may succeed if retried (throttling, 5xx,
     timeouts, connection resets). Raised to callers only after the retry policy gave up."""
+
+
+class StorageTimeout(TransientStorageError, TimeoutError):
+    """A storage call got no complete answer within its wall-clock bound (the server stopped
+    answering mid-request, or the call's deadline ran out). The outcome of the last attempt
+    is unknown: a write may still land later."""
+
+
+class EndpointUnreachable(TransientStorageError, ConnectionError):
+    """The storage endpoint could not be reached at all (connection refused, DNS failure,
+    connect timeout). Retried only within the retry policy's short ``connect_budget``."""
 
 
 class NotFound(StorageError, FileNotFoundError):

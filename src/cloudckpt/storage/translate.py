@@ -1,7 +1,10 @@
 """Translate provider exceptions (botocore, gcsfs, azure-core, aiohttp, OS) into ours.
 
-Classification uses error codes, HTTP statuses and exception types, never message text. The
-original exception is kept as ``__cause__``; messages name the operation and the (redacted) URI.
+Classification uses error codes, HTTP statuses, exception types and ``errno`` values, never
+message text. The original exception is kept as ``__cause__``; messages name the operation and
+the (redacted) URI. A failure to establish a connection at all (refused, DNS, connect timeout)
+becomes :class:`~cloudckpt.errors.EndpointUnreachable` with one line naming the endpoint:
+``cannot reach 127.0.0.1:9000: connection refused (write of s3://bucket/key)``.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ import asyncio
 import errno
 import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from cloudckpt.errors import (
     AccessDenied,
     AlreadyExists,
     CloudckptError,
+    EndpointUnreachable,
     NotFound,
     RehydrationRequired,
     StorageError,
@@ -22,7 +27,7 @@ from cloudckpt.errors import (
 )
 from cloudckpt.storage.uri import redact
 
-__all__ = ["is_transient", "translate_error"]
+__all__ = ["is_transient", "is_unreachable", "translate_error"]
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _NOT_FOUND_CODES = frozenset({
@@ -107,6 +112,82 @@ def _network_types() -> tuple[type[BaseException], ...]:
 
 _NETWORK = _network_types()
 
+#: errno values that mean "no connection could be made" (never raised mid-request)
+_UNREACHABLE_ERRNOS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EADDRNOTAVAIL: "address not available",
+}
+
+
+def _connect_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(failures to connect, timeouts while connecting) of the installed HTTP stacks."""
+    connect: list[type[BaseException]] = []
+    timeouts: list[type[BaseException]] = []
+    try:
+        from botocore import exceptions as be
+
+        connect.append(be.EndpointConnectionError)
+        timeouts.append(be.ConnectTimeoutError)
+    except ImportError:  # pragma: no cover - s3 extra not installed
+        pass
+    try:
+        import aiohttp
+
+        connect.append(aiohttp.ClientConnectorError)
+        ct = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp >= 3.10
+        if ct is not None:
+            timeouts.append(ct)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(connect), tuple(timeouts)
+
+
+_CONNECT, _CONNECT_TIMEOUT = _connect_types()
+
+
+def _endpoint(exc: BaseException) -> str | None:
+    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
+    if isinstance(host, str) and isinstance(port, int) and type(exc).__module__.startswith(
+            "aiohttp"):
+        return f"{host}:{port}"
+    kwargs = getattr(exc, "kwargs", None)  # botocore exceptions keep their fields here
+    url = kwargs.get("endpoint_url") if isinstance(kwargs, dict) else None
+    if isinstance(url, str) and url:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
+    return None
+
+
+def _unreachable(exc: BaseException) -> tuple[str, str | None] | None:
+    """``(reason, endpoint or None)`` when ``exc`` means no connection could be made."""
+    specific: str | None = None
+    generic = False
+    endpoint: str | None = None
+    for e in _chain(exc):
+        endpoint = endpoint or _endpoint(e)
+        if specific is None:
+            if isinstance(e, socket.gaierror):
+                specific = "name resolution failed" + (f" ({e.strerror})" if e.strerror else "")
+            elif _CONNECT_TIMEOUT and isinstance(e, _CONNECT_TIMEOUT):
+                specific = "connect timed out"
+            elif isinstance(e, OSError) and e.errno in _UNREACHABLE_ERRNOS:
+                specific = _UNREACHABLE_ERRNOS[e.errno]
+        generic = generic or (bool(_CONNECT) and isinstance(e, _CONNECT))
+    if specific is None and not generic:
+        return None
+    return specific or "connection failed", endpoint
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (ours or a provider's) means the endpoint could not be reached at all."""
+    if isinstance(exc, EndpointUnreachable):
+        return True
+    if isinstance(exc, CloudckptError):
+        return False
+    return _unreachable(exc) is not None
+
 
 def _classify(exc: BaseException) -> type[StorageError]:
     for e in _chain(exc):
@@ -130,6 +211,8 @@ def _classify(exc: BaseException) -> type[StorageError]:
                 return AlreadyExists
             if status in TRANSIENT_STATUS:
                 return TransientStorageError
+    if _unreachable(exc) is not None:
+        return EndpointUnreachable
     for e in _chain(exc):
         if isinstance(e, FileExistsError):
             return AlreadyExists
@@ -152,6 +235,10 @@ def translate_error(exc: BaseException, op: str, uri: str) -> CloudckptError:
     if isinstance(exc, CloudckptError):
         return exc
     cls = _classify(exc)
+    if cls is EndpointUnreachable:
+        reason, endpoint = _unreachable(exc) or ("connection failed", None)
+        return cls(f"cannot reach {redact(endpoint) if endpoint else 'the endpoint'}: {reason} "
+                   f"({op} {redact(uri)})")
     code, status = next(
         (cs for cs in map(_code_and_status, _chain(exc)) if cs != (None, None)), (None, None)
     )
