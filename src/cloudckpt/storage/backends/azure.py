@@ -89,6 +89,26 @@ class _AzureUpload:
         self._blocks = []
 
 
+def _single_try_client(fs: Any, connection_timeout: int, read_timeout: int) -> None:
+    """Give ``fs`` a service client whose SDK retry policy is off. adlfs builds its client
+    with the SDK defaults: 3 retries with waits of 15-60 s, connection refusals included
+    (~80 s to fail against a closed port). cloudckpt's bounded policy is the only retry
+    layer, as with s3fs and gcsfs. The credentials are those adlfs resolved."""
+    if getattr(fs, "_cloudckpt_single_try", False):  # fsspec reuses cached instances
+        return
+    from azure.storage.blob.aio import BlobServiceClient
+
+    kw: dict[str, Any] = {"retry_total": 0, "connection_timeout": connection_timeout,
+                          "read_timeout": read_timeout}
+    old = fs.service_client
+    if getattr(fs, "connection_string", None):
+        fs.service_client = BlobServiceClient.from_connection_string(fs.connection_string, **kw)
+    else:
+        fs.service_client = BlobServiceClient(account_url=old.url, credential=old.credential,
+                                              **kw)
+    fs._cloudckpt_single_try = True
+
+
 class AzureBackend(BackendBase):
     """``az://container/prefix`` and ``abfs://``. Options go to
     ``adlfs.AzureBlobFileSystem`` (``connection_string``, ``account_name``, ``credential``...)."""
@@ -104,7 +124,9 @@ class AzureBackend(BackendBase):
         opts.setdefault("connection_timeout", int(CONNECT_TIMEOUT))
         opts.setdefault("read_timeout", int(READ_TIMEOUT))
         opts.setdefault("use_listings_cache", False)
-        return adlfs.AzureBlobFileSystem(**opts)
+        fs = adlfs.AzureBlobFileSystem(**opts)
+        _single_try_client(fs, opts["connection_timeout"], opts["read_timeout"])
+        return fs
 
     def put(self, fs: Any, path: str, data: bytes | memoryview, *, create_only: bool,
             storage_class: str | None) -> None:

@@ -17,6 +17,7 @@ from fsspec.asyn import sync
 
 from cloudckpt.errors import AlreadyExists
 from cloudckpt.storage.backends.base import (
+    CONNECT_TIMEOUT,
     READ_TIMEOUT,
     BackendBase,
     check_storage_class,
@@ -87,6 +88,28 @@ class _GCSUpload:
                 self._fs.call("DELETE", location)
 
 
+_SINGLE_TRY: dict[type[Any], type[Any]] = {}
+
+
+def _single_try(cls: type[Any]) -> type[Any]:
+    """``cls`` with gcsfs's own request retries off. gcsfs retries every request up to 6 times
+    with waits of 1-32 s (connection refusals included: ~35 s to fail against a closed port);
+    cloudckpt's bounded policy is the only retry layer, as with s3fs and the Azure SDK. Reuses
+    gcsfs's own decorator with one try, so its handling of 404 and requester-pays stays."""
+    sub = _SINGLE_TRY.get(cls)
+    if sub is None:
+        from gcsfs.retry import retry_request
+
+        undecorated = getattr(cls._request, "__wrapped__", None)
+        if undecorated is None:  # a gcsfs without the decorator: nothing to switch off
+            return cls
+        name = f"SingleTry{cls.__name__}"
+        sub = type(name, (cls,), {"_request": retry_request(retries=1)(undecorated),
+                                  "__module__": __name__, "__qualname__": name})
+        globals()[name] = _SINGLE_TRY[cls] = sub  # importable by name (pickling)
+    return sub
+
+
 class GCSBackend(BackendBase):
     """``gs://`` / ``gcs://``. Options go to ``gcsfs.GCSFileSystem``."""
 
@@ -98,15 +121,19 @@ class GCSBackend(BackendBase):
         # first use (a ~60 s stall against emulators) unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
         # was "false" when gcsfs was first imported. Use the core class unless the user opted in
         # with that variable, whatever the import order.
+        import aiohttp
         import gcsfs
         import gcsfs.core
 
         zonal = os.environ.get("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "").lower() in ("true", "1")
-        cls = gcsfs.GCSFileSystem if zonal else gcsfs.core.GCSFileSystem
+        cls = _single_try(gcsfs.GCSFileSystem if zonal else gcsfs.core.GCSFileSystem)
         opts = dict(options)
         if os.environ.get("STORAGE_EMULATOR_HOST") and "token" not in opts:
             opts["token"] = "anon"
         opts.setdefault("timeout", READ_TIMEOUT)
+        # per request, like s3fs's connect/read timeouts (aiohttp's default: 300 s in total)
+        opts.setdefault("requests_timeout", aiohttp.ClientTimeout(connect=CONNECT_TIMEOUT,
+                                                                  sock_read=READ_TIMEOUT))
         opts.setdefault("use_listings_cache", False)
         return cls(**opts)
 
