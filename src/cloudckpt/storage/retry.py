@@ -1,59 +1,90 @@
-"""Bounded retries of transient storage errors, built on tenacity.
+"""Bounded retries of transient storage errors (built on tenacity) and wall-clock bounds.
 
-One :class:`RetryPolicy` applies to every storage call at the granularity of one request
-sequence: one object write, one part of a multipart upload, one ranged read, one batch of
-deletes. Only transient errors retry (see :func:`~cloudckpt.storage.translate.is_transient`);
-permanent ones raise at once. Waits are exponential with full jitter, and every call stops after
-``max_attempts`` **or** once ``deadline`` seconds have passed, whichever comes first. ``sleep``,
-``clock`` and ``rng`` are injectable so tests never sleep.
+One :class:`RetryPolicy` applies to every storage call (one object write, one upload part, one
+ranged read, one batch of deletes). Only transient errors retry, with full-jitter exponential
+waits. Every call returns or raises within ``deadline``: each attempt runs on a daemon worker
+thread, waited for at most ``min(time left, attempt_bound(payload))`` (socket timeouts do not
+bound a send to a server that stopped reading); one past its bound is abandoned
+(:class:`~cloudckpt.errors.StorageTimeout`). Connection failures retry only within
+``connect_budget`` (:class:`~cloudckpt.errors.EndpointUnreachable`). See docs/time-bounds.md.
+``sleep``, ``clock`` and ``rng`` are injectable so tests never sleep.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextvars
+import itertools
 import logging
+import math
+import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from cloudckpt.errors import AlreadyExists, InvalidArgument, TransientStorageError
+from cloudckpt.errors import (
+    AlreadyExists,
+    EndpointUnreachable,
+    InvalidArgument,
+    StorageTimeout,
+    TransientStorageError,
+)
 from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, StoreWrapper, Upload
-from cloudckpt.storage.translate import is_transient
+from cloudckpt.storage.translate import is_transient, is_unreachable
+from cloudckpt.storage.uri import redact
 
-__all__ = ["RetryPolicy", "RetryingStore"]
+__all__ = ["RetryPolicy", "RetryingStore", "abandoned_attempts"]
 
 log = logging.getLogger("cloudckpt.storage")
 T = TypeVar("T")
+MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How transient failures are retried.
+    """How transient failures are retried, and how long any call may take.
 
     Attributes:
         max_attempts: attempts per call, the first included (>= 1).
-        deadline: seconds after the first attempt past which no new attempt starts; the last
-            wait is shortened so it ends at the deadline.
+        deadline: seconds after its start by which a call returns or raises: each attempt
+            is cut at the time left, none starts once it is spent.
         initial_backoff: upper bound of the first jittered wait (seconds).
         max_backoff: cap of any single wait (seconds).
+        attempt_timeout: wall-clock bound of one attempt without payload (seconds), see
+            :meth:`attempt_bound`; ``None``: attempts run on the calling thread, unbounded
+            (the deadline is then only checked between attempts).
+        min_throughput: bytes/s an attempt sustains at least (the bound grows with payload).
+        connect_budget: seconds, from the first failure to connect in a call, within which
+            connection failures (refused, DNS, connect timeout) are retried.
+        max_abandoned: abandoned attempts (blocked past their bound) alive in the process
+            at which new attempts are refused instead of started.
         sleep, clock, rng: injectable for tests (``time.sleep``, ``time.monotonic``,
-            ``random.random`` by default).
+            ``random.random``); attempt bounds are waited in real time.
     """
 
     max_attempts: int = 8
     deadline: float = 300.0
     initial_backoff: float = 0.5
     max_backoff: float = 20.0
+    attempt_timeout: float | None = 60.0
+    min_throughput: float = 1.0 * MiB
+    connect_budget: float = 10.0
+    max_abandoned: int = 16
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     rng: Callable[[], float] = field(default=random.random, repr=False)
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1 or self.deadline <= 0 or self.initial_backoff < 0:
+        if (self.max_attempts < 1 or self.deadline <= 0 or self.initial_backoff < 0
+                or (self.attempt_timeout is not None and self.attempt_timeout <= 0)
+                or self.min_throughput <= 0 or self.connect_budget < 0
+                or self.max_abandoned < 1):
             raise InvalidArgument(f"invalid retry policy {self!r}")
 
     def backoff(self, attempt: int) -> float:
@@ -61,54 +92,247 @@ class RetryPolicy:
         cap = min(self.max_backoff, self.initial_backoff * (2.0 ** (attempt - 1)))
         return float(self.rng()) * cap
 
-    def call(self, fn: Callable[[], T], describe: str) -> T:
-        """Run ``fn`` under this policy. ``describe`` names the operation in logs/errors.
+    def attempt_bound(self, nbytes: int = 0) -> float | None:
+        """Wall-clock bound of one attempt moving ``nbytes`` of payload (before the cut at
+        the call's deadline), or ``None`` when ``attempt_timeout`` is ``None``."""
+        if self.attempt_timeout is None:
+            return None
+        return self.attempt_timeout + max(0, nbytes) / self.min_throughput
+
+    def call(self, fn: Callable[[], T], describe: str, *, nbytes: int = 0,
+             exclusive: bool = False) -> T:
+        """Run ``fn`` under this policy. ``describe``: operation and URI for logs and errors
+        (redacted); ``nbytes``: payload of one attempt; ``exclusive``: attempts must never
+        overlap (upload parts), so one that timed out, and may still run, is not retried.
 
         Raises:
+            EndpointUnreachable: no connection could be made within ``connect_budget``.
+            StorageTimeout: an attempt got no answer within its bound, and time or attempts
+                ran out (or ``exclusive``).
             TransientStorageError: still failing transiently when attempts or time ran out.
             Any other exception of ``fn`` at once.
         """
         start = self.clock()
+        try:  # the first attempt skips tenacity's machinery: most calls succeed
+            return self._attempt(fn, describe, self.deadline, nbytes, 1)
+        except BaseException as e:
+            if not is_transient(e):
+                raise
+            st = _CallState(e, start if is_unreachable(e) else math.inf)
+
+        def attempt() -> T:
+            now = self.clock()
+            remaining = self.deadline - (now - start)
+            if st.replay or remaining <= 0:  # tenacity's attempt 1 is the one that failed
+                st.replay = False  # above; and none starts once the deadline is spent
+                raise st.last
+            st.attempts += 1
+            try:
+                return self._attempt(fn, describe, remaining, nbytes, st.attempts)
+            except BaseException as e:
+                st.last = e
+                if is_unreachable(e):
+                    st.first_unreachable = min(st.first_unreachable, now)
+                raise
 
         def stop(rs: RetryCallState) -> bool:
-            return rs.attempt_number >= self.max_attempts or self.clock() - start >= self.deadline
+            now, exc = self.clock(), rs.outcome.exception() if rs.outcome else None
+            return (rs.attempt_number >= self.max_attempts or now - start >= self.deadline
+                    or (exclusive and isinstance(exc, StorageTimeout))
+                    or (exc is not None and is_unreachable(exc)
+                        and now - st.first_unreachable >= self.connect_budget))
 
         def wait(rs: RetryCallState) -> float:
-            remaining = self.deadline - (self.clock() - start)
+            now, exc = self.clock(), rs.outcome.exception() if rs.outcome else None
+            remaining = self.deadline - (now - start)
+            if exc is not None and is_unreachable(exc):
+                remaining = min(remaining, self.connect_budget - (now - st.first_unreachable))
             return max(0.0, min(self.backoff(rs.attempt_number), remaining))
 
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
             log.warning("retrying %s: attempt %d/%d failed with %s: %s; waiting %.2f s",
-                        describe, rs.attempt_number, self.max_attempts, type(exc).__name__,
-                        exc, rs.upcoming_sleep)
+                        redact(describe), rs.attempt_number, self.max_attempts,
+                        type(exc).__name__, exc, rs.upcoming_sleep)
 
         retrying = Retrying(stop=stop, wait=wait, sleep=self.sleep, reraise=True,
                             retry=retry_if_exception(is_transient), before_sleep=before_sleep)
         try:
-            return retrying(fn)
+            return retrying(attempt)
         except TransientStorageError as e:
-            attempts = retrying.statistics.get("attempt_number", 1)
-            if attempts > 1:
-                raise TransientStorageError(
-                    f"{describe}: gave up after {attempts} attempts in "
-                    f"{self.clock() - start:.1f} s: {e}") from e
+            final = self._gave_up(e, describe, st.attempts, self.clock() - start)
+            if final is e:
+                raise
+            raise final from e
+
+    def _gave_up(self, e: TransientStorageError, describe: str, attempts: int,
+                 took: float) -> TransientStorageError:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''} in {took:.1f} s"
+        if isinstance(e, EndpointUnreachable):  # one line, the endpoint first
+            return EndpointUnreachable(f"{e}; {tries} (connect_budget {self.connect_budget:g} s)")
+        cls = type(e) if type(e) in (TransientStorageError, StorageTimeout) else TransientStorageError
+        return e if attempts == 1 else cls(f"{redact(describe)}: gave up after {tries} (deadline "
+                                           f"{self.deadline:g} s): {e}")
+
+    def _attempt(self, fn: Callable[[], T], describe: str, remaining: float, nbytes: int,
+                 number: int) -> T:
+        bound = self.attempt_bound(nbytes)
+        if bound is None:
+            return fn()
+        limit = min(bound, remaining)
+        if _RUNNER.abandoned >= self.max_abandoned:  # bounded threads and pinned payloads
+            raise StorageTimeout(f"{redact(describe)}: attempt {number} not started: "
+                                 f"{_RUNNER.abandoned} earlier attempts are still blocked on "
+                                 f"storage that stopped answering (max_abandoned="
+                                 f"{self.max_abandoned})")
+        try:
+            return _RUNNER.run(fn, limit, describe)
+        except _TimedOut as e:
+            why = (f"the attempt bound: {self.attempt_timeout:g} s + {nbytes} bytes at "
+                   f"{self.min_throughput / MiB:g} MiB/s" if bound <= remaining
+                   else f"the time left before the call's deadline of {self.deadline:g} s")
+            what = redact(describe)
+            log.warning("abandoning attempt %d of %s: no answer within %.1f s (%s); %d "
+                        "abandoned attempt(s) still running", number, what, limit, why, e.args[0])
+            raise StorageTimeout(f"{what}: no answer within {limit:.1f} s ({why}); attempt "
+                                 f"{number} abandoned, its outcome is unknown") from None
+
+
+@dataclass
+class _CallState:
+    last: BaseException  # the latest failure
+    first_unreachable: float  # clock() at the first failure to connect (inf: none yet)
+    attempts: int = 1
+    replay: bool = True
+
+
+# -- attempts on worker threads -------------------------------------------------------------
+_RUNNING, _DONE, _ABANDONED = 0, 1, 2
+_MAX_IDLE = 64  # idle workers kept for reuse; more are let go
+
+
+class _TimedOut(Exception):
+    """The attempt was abandoned; ``args[0]``: abandoned attempts alive."""
+
+
+class _Job(Generic[T]):
+    __slots__ = ("ctx", "describe", "done", "error", "fn", "result", "started", "state")
+
+    def __init__(self, fn: Callable[[], T], describe: str) -> None:
+        self.fn, self.describe, self.ctx = fn, describe, contextvars.copy_context()
+        self.done = threading.Lock()  # held until the job ends: the cheapest timed wait
+        self.done.acquire()
+        self.state, self.started = _RUNNING, time.monotonic()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class _Runner:
+    """Runs attempts on reusable daemon worker threads (a stuck one never delays interpreter
+    exit) and waits for each with a timeout."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[_Job[Any]]] = []  # inboxes of idle workers
+        self._ids = itertools.count(1)
+        self.abandoned = 0
+
+    def reset_after_fork(self) -> None:  # the parent's worker threads do not exist here
+        self._lock, self._idle, self.abandoned = threading.Lock(), [], 0
+
+    def run(self, fn: Callable[[], T], limit: float, describe: str) -> T:
+        """``fn()`` on a worker, waited for at most ``limit`` seconds.
+
+        Raises:
+            _TimedOut: it did not end in time; it was abandoned.
+        """
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._work, args=(inbox,), daemon=True,
+                             name=f"cloudckpt-attempt-{next(self._ids)}").start()
+        job: _Job[T] = _Job(fn, describe)
+        inbox.put(job)
+        try:
+            finished = job.done.acquire(timeout=limit) if limit > 0 else job.done.acquire(False)
+        except BaseException:  # interrupted while waiting: the attempt runs on, unowned
+            self._abandon(job)
             raise
+        if not finished and self._abandon(job):
+            raise _TimedOut(self.abandoned)
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _abandon(self, job: _Job[Any]) -> bool:
+        with self._lock:
+            if job.state != _RUNNING:
+                return False  # it finished just now: use its outcome
+            job.state = _ABANDONED
+            self.abandoned += 1
+            return True
+
+    def _work(self, inbox: queue.SimpleQueue[_Job[Any]]) -> None:
+        while True:
+            job = inbox.get()
+            try:
+                job.result = job.ctx.run(job.fn)
+            except BaseException as e:  # handed to the caller, who decides
+                job.error = e
+            with self._lock:
+                late = job.state == _ABANDONED
+                self.abandoned -= late
+                job.state = _ABANDONED if late else _DONE
+                keep = len(self._idle) < _MAX_IDLE
+                if keep:
+                    self._idle.append(inbox)
+            job.done.release()
+            if late:
+                log.info("an abandoned attempt of %s ended after %.1f s (%s); its outcome was "
+                         "dropped", redact(job.describe), time.monotonic() - job.started,
+                         "failed" if job.error is not None else "succeeded")
+            del job  # an idle worker must not pin the last payload or result
+            if not keep:
+                return
 
 
+_RUNNER = _Runner()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RUNNER.reset_after_fork)
+
+
+def abandoned_attempts() -> int:
+    """How many abandoned attempts (past their bound, still blocked) are alive now."""
+    return _RUNNER.abandoned
+
+
+# -- the store wrapper ---------------------------------------------------------------------------
 class _RetryingUpload:
     def __init__(self, inner: Upload, policy: RetryPolicy, uri: str) -> None:
         self._inner, self._policy, self._uri = inner, policy, uri
         self.key = inner.key
         self._parts = 0
+        self._broken = False  # an attempt timed out: it may still be changing the upload
+
+    def _run(self, fn: Callable[[], None], describe: str, nbytes: int) -> None:
+        if self._broken:
+            raise TransientStorageError(f"{redact(describe)}: the upload cannot continue (an "
+                                        f"earlier attempt timed out); abort it and start again")
+        try:
+            self._policy.call(fn, describe, nbytes=nbytes, exclusive=True)
+        except StorageTimeout:
+            self._broken = True
+            raise
 
     def write_part(self, data: bytes | memoryview) -> None:
         self._parts += 1
-        self._policy.call(lambda: self._inner.write_part(data),
-                          f"upload of part {self._parts} of {self._uri}")
+        self._run(lambda: self._inner.write_part(data),
+                  f"upload of part {self._parts} of {self._uri}", len(data))
 
     def finish(self, tail: bytes | memoryview = b"") -> None:
-        self._policy.call(lambda: self._inner.finish(tail), f"completion of upload {self._uri}")
+        self._run(lambda: self._inner.finish(tail), f"completion of upload {self._uri}",
+                  len(tail))
 
     def abort(self) -> None:
         self._policy.call(self._inner.abort, f"abort of upload {self._uri}")
@@ -116,9 +340,9 @@ class _RetryingUpload:
 
 class RetryingStore(StoreWrapper):
     """Applies a :class:`RetryPolicy` to every call of an inner store (thread-safe if the
-    inner store is). Create-only writes stay exactly-once: when a retry of an attempt whose
-    outcome was unknown finds the object present, it reads it back and succeeds only if the
-    stored bytes are ours."""
+    inner store is). Create-only writes stay exactly-once: when a retry finds the object
+    present, it reads it back and succeeds only if the stored bytes are ours (an earlier
+    attempt, whose answer was lost or which timed out, landed)."""
 
     def __init__(self, inner: Store, policy: RetryPolicy | None = None) -> None:
         super().__init__(inner)
@@ -129,28 +353,28 @@ class RetryingStore(StoreWrapper):
 
     def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False,
             storage_class: str | None = None) -> None:
-        uncertain = False
+        attempts = 0
 
         def attempt() -> None:
-            nonlocal uncertain
+            nonlocal attempts
+            attempts += 1
             try:
                 self.inner.put(key, data, create_only=create_only, storage_class=storage_class)
             except AlreadyExists:
-                if uncertain and self.inner.get(key) == bytes(data):
-                    return  # our own earlier attempt landed; its response was lost
-                raise
-            except Exception as e:
-                uncertain = uncertain or is_transient(e)
+                # only after a failed attempt (transient: its outcome unknown) can it be ours
+                if attempts > 1 and self.inner.get(key) == bytes(data):
+                    return
                 raise
 
-        self.policy.call(attempt, f"write of {self._u(key)}")
+        self.policy.call(attempt, f"write of {self._u(key)}", nbytes=len(data))
 
     def get(self, key: str) -> bytes:
         return self.policy.call(lambda: self.inner.get(key), f"read of {self._u(key)}")
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         return self.policy.call(lambda: self.inner.get_range(key, start, end),
-                                f"ranged read [{start}, {end}) of {self._u(key)}")
+                                f"ranged read [{start}, {end}) of {self._u(key)}",
+                                nbytes=max(0, end - start))
 
     def stat(self, key: str) -> ObjectInfo:
         return self.policy.call(lambda: self.inner.stat(key), f"stat of {self._u(key)}")
