@@ -19,7 +19,7 @@ from cloudckpt.cli.targets import checkpoint_store
 from cloudckpt.engine.reader import load
 from cloudckpt.engine.writer import save
 from cloudckpt.errors import InvalidArgument
-from cloudckpt.manager.state import FORMAT as TRAINING_FORMAT
+from cloudckpt.manager.state import TRAINING_FORMAT
 from cloudckpt.storage.backends.local import fsync_path
 
 __all__ = ["register"]

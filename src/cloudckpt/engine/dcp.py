@@ -32,7 +32,6 @@ import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,6 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from cloudckpt._version import __version__
 from cloudckpt.engine.commit import commit_manifest, read_manifest
 from cloudckpt.engine.reader import read_leaves
 from cloudckpt.engine.writer import (
@@ -68,7 +66,7 @@ from cloudckpt.engine.writer import (
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidURI, UnsupportedValue
 from cloudckpt.format.chunking import dtype_name
 from cloudckpt.format.keys import MANIFEST_KEY
-from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord
+from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
 from cloudckpt.format.signing import Signer, Verifier
 from cloudckpt.format.tree import Leaf, decode_tree, encode_tree
 from cloudckpt.storage import Store, open_store, parse_uri
@@ -258,9 +256,7 @@ class Writer(_Target, StorageWriter):
             tree.setdefault(fqn, []).append({"t": "leaf", "i": ti})
         json_tree = {"t": "dict", "items": [[k, {"t": "list", "items": v}] for k, v in tree.items()]}
         meta = {**self.user_metadata, DCP_KEY: _encode_metadata(metadata, index)}
-        manifest = Manifest(save_id=self.save_id, created=datetime.now(timezone.utc).isoformat(),
-                            library_version=__version__, tree=json_tree, tensors=tuple(tensors),
-                            chunks=tuple(chunks), metadata=meta)
+        manifest = new_manifest(self.save_id, json_tree, tuple(tensors), tuple(chunks), meta)
         commit_manifest(store, manifest, overwrite=self.overwrite, signer=self.signer)
 
     def storage_meta(self) -> StorageMeta | None:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloudckpt._version import __version__ as _version
 from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
 from cloudckpt.engine.pool import run_bounded
 from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument
@@ -36,7 +35,7 @@ from cloudckpt.format.chunking import (
 )
 from cloudckpt.format.codecs import check_compression, get_codec
 from cloudckpt.format.keys import MANIFEST_KEY, data_key
-from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord
+from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
 from cloudckpt.format.signing import Signer
 from cloudckpt.format.tree import Leaf, encode_tree
 from cloudckpt.storage import Store, open_store
@@ -154,9 +153,7 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
                            chunk_size=chunk_size, object_size=object_size,
                            memory_budget=memory_budget, max_workers=max_workers,
                            storage_class=storage_class)
-    manifest = Manifest(save_id=save_id, created=datetime.now(timezone.utc).isoformat(),
-                        library_version=_version, tree=tree, tensors=written.tensors,
-                        chunks=written.chunks, metadata=meta)
+    manifest = new_manifest(save_id, tree, written.tensors, written.chunks, meta)
     commit_manifest(store, manifest, overwrite=overwrite, previous=previous, signer=signer)
     return SaveInfo(store.uri, save_id, manifest.raw_bytes, manifest.stored_bytes,
                     len(written.tensors), len(written.chunks), written.objects,

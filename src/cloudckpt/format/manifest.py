@@ -21,15 +21,25 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
+from cloudckpt._version import __version__
 from cloudckpt.errors import CorruptCheckpoint, UntrustedCheckpoint
 from cloudckpt.format.codecs import is_known_codec
 from cloudckpt.format.keys import validate_key
 from cloudckpt.format.signing import DOMAIN, Signer, Verifier
 
-__all__ = ["FORMAT_VERSION", "ChunkRecord", "Manifest", "Segment", "TensorRecord",
-           "decode_manifest", "encode_manifest"]
+__all__ = [
+    "FORMAT_VERSION",
+    "ChunkRecord",
+    "Manifest",
+    "Segment",
+    "TensorRecord",
+    "decode_manifest",
+    "encode_manifest",
+    "new_manifest",
+]
 
 FORMAT_NAME = "cloudckpt-manifest"
 FORMAT_VERSION = 1
@@ -109,6 +119,14 @@ class Manifest:
     def objects(self) -> list[str]:
         """Distinct data objects, in first-use order."""
         return list(dict.fromkeys(c.object for c in self.chunks))
+
+
+def new_manifest(save_id: str, tree: Any, tensors: tuple[TensorRecord, ...],
+                 chunks: tuple[ChunkRecord, ...], metadata: Mapping[str, Any]) -> Manifest:
+    """A manifest for a save committed now by this version of cloudckpt. Pure; any caller."""
+    return Manifest(save_id=save_id, created=datetime.now(timezone.utc).isoformat(),
+                    library_version=__version__, tree=tree, tensors=tensors, chunks=chunks,
+                    metadata=metadata)
 
 
 def encode_manifest(m: Manifest, signer: Signer | None = None) -> bytes:

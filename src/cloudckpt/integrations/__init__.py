@@ -1,6 +1,7 @@
 """Framework integrations. Nothing heavy is imported until a name is used:
 
-* ``cloudckpt.integrations.hf``: :class:`CloudckptCallback`, :class:`CloudckptTrainer` for
+* ``cloudckpt.integrations.hf`` (a package): :class:`CloudckptCallback` (public callback
+  hooks only) and :class:`CloudckptTrainer` (private ``Trainer`` hooks, version-gated) for
   Hugging Face ``transformers`` (needs ``transformers`` and ``accelerate``).
 * ``cloudckpt.integrations.lightning``: :class:`CloudckptIO` for PyTorch Lightning (needs
   ``lightning``).

@@ -34,7 +34,7 @@ from cloudckpt.format.tree import decode_tree, encode_tree
 from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.lifecycle import retain_after_commit
 from cloudckpt.manager.resolve import check_which, resolve_step
-from cloudckpt.manager.state import FORMAT, capture, capture_rng, restore_rng
+from cloudckpt.manager.state import TRAINING_FORMAT, capture, capture_rng, restore_rng
 from cloudckpt.manager.writing import index_metadata
 from cloudckpt.storage import Store
 
@@ -48,7 +48,9 @@ __all__ = [
     "split_objects",
 ]
 
-META_KEY = "cloudckpt.manager.dist"
+#: manifest metadata of a checkpoint written by the distributed path (beside the index's
+#: :data:`~cloudckpt.manager.index.META_KEY`)
+DIST_META_KEY = "cloudckpt.manager.dist"
 log = logging.getLogger("cloudckpt.manager")
 
 
@@ -121,7 +123,7 @@ def _dcp_state(objs: Mapping[str, Any]) -> dict[str, Any]:
 
 def is_distributed_checkpoint(metadata: Mapping[str, Any]) -> bool:
     """Whether a manifest's metadata says the distributed path wrote it."""
-    return META_KEY in metadata
+    return DIST_META_KEY in metadata
 
 
 def split_objects(objects: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -143,7 +145,7 @@ def save_distributed(store: Store, step: int, objects: Mapping[str, Any], tree: 
                                         for leaf in leaves},
                              f"rng.rank{_rank()}": _rng_blob()}
     writer = Writer(store, compression=compression,
-                    metadata={**meta, META_KEY: {"tree": json_tree, "format": FORMAT,
+                    metadata={**meta, DIST_META_KEY: {"tree": json_tree, "format": TRAINING_FORMAT,
                                                  "world_size": _world(),
                                                  "numpy_leaves": [leaf.index for leaf in leaves
                                                                   if isinstance(leaf.value,
@@ -166,8 +168,8 @@ def restore_distributed(store: Store, objects: Mapping[str, Any], *, rng: bool) 
     reader = Reader(store)
     md = reader.read_metadata()
     manifest_meta = reader._manifest.metadata if reader._manifest is not None else {}
-    info = manifest_meta.get(META_KEY)
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
+    info = manifest_meta.get(DIST_META_KEY)
+    if not isinstance(info, dict) or info.get("format") != TRAINING_FORMAT:
         raise CorruptCheckpoint(f"{store.uri} was not written by a distributed manager save")
     dcp_objs, _rest = _split_objects(objects)
     target: dict[str, Any] = {"objects": _dcp_state(dcp_objs), "leaves": {}}

@@ -17,9 +17,10 @@ import torch
 
 from cloudckpt.errors import InvalidArgument
 
-__all__ = ["capture", "capture_rng", "restore_into", "restore_rng"]
+__all__ = ["TRAINING_FORMAT", "capture", "capture_rng", "restore_into", "restore_rng"]
 
-FORMAT = "cloudckpt.training/1"
+#: the ``format`` field of a training tree (what the manager saves)
+TRAINING_FORMAT = "cloudckpt.training/1"
 
 
 def capture_rng() -> dict[str, Any]:
@@ -60,7 +61,7 @@ def capture(step: int, objects: Mapping[str, Any], *, epoch: int | None,
             rng: bool) -> dict[str, Any]:
     """The tree saved for one training checkpoint."""
     return {
-        "format": FORMAT,
+        "format": TRAINING_FORMAT,
         "step": int(step),
         "epoch": epoch,
         "metrics": dict(metrics),
@@ -80,7 +81,7 @@ def restore_into(tree: Mapping[str, Any], objects: Mapping[str, Any], *, rng: bo
         InvalidArgument: an object was passed that the checkpoint has no state for (when
             ``strict``), or the tree is not a training checkpoint.
     """
-    if tree.get("format") != FORMAT:
+    if tree.get("format") != TRAINING_FORMAT:
         raise InvalidArgument("not a CheckpointManager checkpoint (use cloudckpt.load)")
     saved = tree["objects"]
     for name, obj in objects.items():

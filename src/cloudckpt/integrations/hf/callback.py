@@ -21,10 +21,10 @@ from transformers import TrainerCallback
 
 import cloudckpt
 from cloudckpt.engine.writer import SaveInfo
-from cloudckpt.errors import AlreadyExists, InvalidArgument, NotFound
+from cloudckpt.errors import AlreadyExists, InvalidArgument
 from cloudckpt.integrations.hf._rotation import HFRotation, metric_name, numeric_metrics
 from cloudckpt.integrations.hf._state import STATE_KEY, trainer_state_to_dict
-from cloudckpt.manager import CheckpointManager, CheckpointRecord
+from cloudckpt.manager import CheckpointManager, CheckpointRecord, resolve_step
 
 __all__ = ["CloudckptCallback"]
 
@@ -37,7 +37,7 @@ class CloudckptCallback(TrainerCallback):  # type: ignore[misc, unused-ignore]
     ``uri``: the run root (``s3://bucket/run``, ``gs://...``, a local path...).
     ``storage_options``: fsspec options for the store. ``compression``: as for
     :func:`cloudckpt.save`. ``manager_options``: extra :class:`~cloudckpt.CheckpointManager`
-    arguments (``archive=``, ``keep_every=``, ``retention=`` to replace the rotation rule...).
+    arguments (``archive=``, ``retention=`` to replace the rotation rule, ``async_options=``...).
     The manager itself is built from the ``TrainingArguments`` at the first event
     (:meth:`manager`). Add it with ``Trainer(callbacks=[CloudckptCallback(uri)])`` or use
     :class:`CloudckptTrainer`.
@@ -90,17 +90,10 @@ class CloudckptCallback(TrainerCallback):  # type: ignore[misc, unused-ignore]
             InvalidArgument: any other ``step``.
         """
         mgr = self.manager(args)
-        records = {r.step: r for r in mgr.checkpoints()}
-        if step == "latest":
-            return records[max(records)] if records else None
-        if step == "best":
-            best = mgr.best()
-            return records[best] if best is not None else None
-        if isinstance(step, int) and not isinstance(step, bool):
-            if step not in records:
-                raise NotFound(f"no committed checkpoint for step {step} under {mgr.uri}")
-            return records[step]
-        raise InvalidArgument(f"step must be 'latest', 'best' or an int, not {step!r}")
+        records = mgr.checkpoints()
+        chosen = mgr.latest() if step == "latest" else \
+            resolve_step(records, step, mgr.metric, mgr.mode, uri=mgr.uri)
+        return None if chosen is None else next(r for r in records if r.step == chosen)
 
     # -- saving ---------------------------------------------------------------------------
     def save(self, args: Any, state: Any, *, model: Any, optimizer: Any = None,
