@@ -80,8 +80,9 @@ def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False
         discard(store, manifest.objects)
         raise AlreadyExists(f"another save committed {store.uri} first; this one was discarded"
                             ) from None
-    if previous is not None and previous.save_id != manifest.save_id \
-            and SAVE_ID_RE.match(previous.save_id):
+    if previous is None:
+        return  # a first commit: nothing superseded, no extra requests
+    if previous.save_id != manifest.save_id and SAVE_ID_RE.match(previous.save_id):
         with contextlib.suppress(Exception):  # housekeeping: GC covers whatever is left
             store.put(superseded_key(previous.save_id), b"{}")
     with contextlib.suppress(Exception):

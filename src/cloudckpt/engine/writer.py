@@ -11,6 +11,7 @@ memory does not grow with the checkpoint. The manifest is written last, create-o
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ import torch
 
 from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
 from cloudckpt.engine.pool import run_bounded
-from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument
+from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument, TransientStorageError
 from cloudckpt.format.checksums import checksum
 from cloudckpt.format.chunking import (
     ChunkPlan,
@@ -247,7 +248,12 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
     err = run_bounded(task, range(len(groups)), in_flight=in_flight, workers=workers,
                       name="cloudckpt-save")
     if err is not None:
-        if isinstance(err, Exception):  # a real crash (BaseException) cleans nothing up
+        if isinstance(err, TransientStorageError):
+            # the store is slow or gone: clean up in the background so the save fails within
+            # its deadline (GC removes whatever this cannot)
+            threading.Thread(target=discard, args=(store, list(written)), daemon=True,
+                             name="cloudckpt-discard").start()
+        elif isinstance(err, Exception):  # a real crash (BaseException) cleans nothing up
             discard(store, written)
         raise err
     return [r for group in results for r in (group or [])]
