@@ -20,12 +20,15 @@ replacement), all on the training process; saves and removals only on global ran
 Encoding. cloudckpt stores tensors, arrays, dicts/lists/tuples and plain scalars. A Lightning
 checkpoint holds, besides those, a few other types in ``hyper_parameters`` (the arguments given
 to ``save_hyperparameters()``) and in module/callback state; these are stored faithfully and
-rebuilt on load: ``OrderedDict`` (with its ``_metadata``), Lightning's ``AttributeDict``,
-``argparse.Namespace``, ``pathlib`` paths, ``set``/``frozenset``, ``datetime.timedelta``,
-``torch.dtype`` and ``torch.device``. Any other type (enums, dataclasses, user classes,
-``defaultdict``, namedtuples, other dict/list/tuple subclasses...) raises
-:class:`~cloudckpt.errors.UnsupportedValue` naming its key path, before anything is written;
-nothing is ever dropped or silently converted.
+rebuilt on load through the tree encoding's type registry (:data:`TYPES`, see
+:mod:`cloudckpt.format.types`): ``OrderedDict`` (with its ``_metadata``), Lightning's
+``AttributeDict``, ``argparse.Namespace``, ``pathlib`` paths, ``set``/``frozenset``,
+``datetime.timedelta``, ``torch.dtype`` and ``torch.device``. Any other type (enums,
+dataclasses, user classes, ``defaultdict``, namedtuples, other dict/list/tuple subclasses...)
+raises :class:`~cloudckpt.errors.UnsupportedValue` naming its key path, before anything is
+written; nothing is ever dropped or silently converted. Checkpoints written by cloudckpt's
+earlier Lightning encoding (plain values plus a list of conversions under
+:data:`RESERVED_KEY`) still load.
 
 ModelCheckpoint and fsspec. ``ModelCheckpoint`` also touches ``dirpath`` itself through an
 fsspec filesystem it builds *without* storage options (``get_filesystem(dirpath)``): to warn
@@ -48,176 +51,136 @@ import os
 import pathlib
 import shutil
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.plugins.io import CheckpointIO
 
-import cloudckpt
-from cloudckpt.engine.commit import delete_checkpoint
+from cloudckpt.engine.commit import delete_checkpoint, read_manifest
+from cloudckpt.engine.reader import _place, read_leaves  # _place: until load() takes types=
+from cloudckpt.engine.writer import write_encoded
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument, UnsupportedValue
-from cloudckpt.format.tree import path_str
+from cloudckpt.format.tree import Leaf, decode_tree, encode_tree, leaf_indices, path_str
+from cloudckpt.format.types import TypeCodec, TypeRegistry
 from cloudckpt.storage import open_store
 from cloudckpt.storage.uri import parse_uri
 
-__all__ = ["CloudckptIO", "decode_checkpoint", "encode_checkpoint"]
+__all__ = ["TYPES", "CloudckptIO", "decode_checkpoint", "encode_checkpoint"]
 
 log = logging.getLogger("cloudckpt.integrations.lightning")
 
-#: Reserved top-level key holding the type conversions applied at save time.
+#: Top-level key of the earlier encoding, holding the conversions applied at save time; a
+#: checkpoint may not use it.
 RESERVED_KEY = "__cloudckpt_lightning__"
 FORMAT = "cloudckpt.lightning/1"
 
-_CONTAINERS = (dict, OrderedDict, AttributeDict, list, tuple, argparse.Namespace, set, frozenset)
-_PATH_TYPES: dict[str, type[pathlib.PurePath]] = {
-    "PosixPath": pathlib.PosixPath, "WindowsPath": pathlib.WindowsPath,
-    "PurePosixPath": pathlib.PurePosixPath, "PureWindowsPath": pathlib.PureWindowsPath,
-    "Path": pathlib.Path, "PurePath": pathlib.PurePath,
-}
+
+def _typed(kind: type, v: Any) -> Any:
+    if type(v) is not kind:
+        raise TypeError(f"expected a {kind.__name__}, not {type(v).__name__}")
+    return v
 
 
-def encode_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a copy of the Lightning ``checkpoint`` that :func:`cloudckpt.save` can store,
-    with the conversions recorded under :data:`RESERVED_KEY`. Tensors are not copied.
+def _namespace(v: Any) -> argparse.Namespace:
+    if not all(isinstance(k, str) for k in _typed(dict, v)):
+        raise TypeError("Namespace field names must be strings")
+    return argparse.Namespace(**v)
 
-    Called by :meth:`CloudckptIO.save_checkpoint`.
+
+def _path(cls: type[pathlib.PurePath]) -> TypeCodec[Any]:
+    return TypeCodec(f"pathlib.{cls.__name__}", cls, str, lambda v: cls(_typed(str, v)))
+
+
+def _timedelta(v: Any) -> datetime.timedelta:
+    if not (type(v) is list and len(v) == 3 and all(type(x) is int for x in v)):
+        raise TypeError("a timedelta is [days, seconds, microseconds]")
+    return datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
+
+
+_DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+
+
+def _dtype(v: Any) -> torch.dtype:
+    if _typed(str, v) not in _DTYPES:
+        raise ValueError(f"unknown torch dtype {v[:40]!r}")
+    return _DTYPES[v]
+
+
+#: The types a Lightning checkpoint holds beyond what the tree encodes itself.
+TYPES = TypeRegistry((
+    TypeCodec("lightning.AttributeDict", AttributeDict, dict, lambda v: AttributeDict(_typed(dict, v))),
+    TypeCodec("argparse.Namespace", argparse.Namespace, lambda v: dict(vars(v)), _namespace),
+    TypeCodec("set", set, list, lambda v: set(_typed(list, v))),
+    TypeCodec("frozenset", frozenset, list, lambda v: frozenset(_typed(list, v))),
+    *(_path(c) for c in (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+                         pathlib.PureWindowsPath)),
+    TypeCodec("datetime.timedelta", datetime.timedelta,
+              lambda v: [v.days, v.seconds, v.microseconds], _timedelta),
+    TypeCodec("torch.dtype", torch.dtype, lambda v: str(v).removeprefix("torch."), _dtype),
+    TypeCodec("torch.device", torch.device, str, lambda v: torch.device(_typed(str, v))),
+))
+#: Conversion kinds of the earlier encoding -> codec names (the stored values are the same).
+_LEGACY = {"AttributeDict": "lightning.AttributeDict", "Namespace": "argparse.Namespace",
+           "set": "set", "frozenset": "frozenset", "timedelta": "datetime.timedelta",
+           "torch.dtype": "torch.dtype", "torch.device": "torch.device",
+           **{c: f"pathlib.{c}" for c in ("PosixPath", "WindowsPath", "PurePosixPath",
+                                          "PureWindowsPath")}}
+
+
+def encode_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[Any, list[Leaf]]:
+    """Encode the Lightning ``checkpoint`` with :data:`TYPES` (strictly: no subclass of a
+    built-in type is stored as its base); returns ``(json_tree, leaves)`` as
+    :func:`cloudckpt.format.tree.encode_tree` does. Called by :meth:`CloudckptIO.save_checkpoint`.
 
     Raises:
         UnsupportedValue: a value of a type that cannot be stored faithfully (the message
             names its key path, e.g. ``state['hyper_parameters']['mode']``), or the checkpoint
-            already uses :data:`RESERVED_KEY`.
+            uses :data:`RESERVED_KEY`.
     """
     if type(checkpoint) not in (dict, OrderedDict):
         raise UnsupportedValue("a Lightning checkpoint must be a dict, not "
                                f"{type(checkpoint).__module__}.{type(checkpoint).__qualname__}")
     if RESERVED_KEY in checkpoint:
         raise UnsupportedValue(f"state[{RESERVED_KEY!r}]: this key is reserved by cloudckpt")
-    conversions: list[list[Any]] = []  # [key path, kind], children before their parents
-    active: set[int] = set()
-
-    def walk(v: Any, parts: tuple[Any, ...]) -> Any:
-        if type(v) in _CONTAINERS:
-            if id(v) in active:
-                raise UnsupportedValue(f"{path_str(parts)}: the state contains a reference cycle")
-            active.add(id(v))
-            try:
-                return convert(v, parts)
-            finally:
-                active.discard(id(v))
-        return convert(v, parts)
-
-    def convert(v: Any, parts: tuple[Any, ...]) -> Any:
-        t = type(v)
-        if t in (dict, OrderedDict, AttributeDict):
-            items = [(k, walk(x, (*parts, k))) for k, x in v.items()]
-            if t is OrderedDict:
-                out: dict[Any, Any] = OrderedDict(items)
-                meta = getattr(v, "_metadata", None)
-                if meta is not None:
-                    out._metadata = meta  # type: ignore[attr-defined]
-                return out
-            if t is AttributeDict:
-                conversions.append([list(parts), "AttributeDict"])
-            return dict(items)
-        if t is list:
-            return [walk(x, (*parts, i)) for i, x in enumerate(v)]
-        if t is tuple:
-            return tuple(walk(x, (*parts, i)) for i, x in enumerate(v))
-        if t is argparse.Namespace:
-            fields = {k: walk(x, (*parts, k)) for k, x in vars(v).items()}
-            conversions.append([list(parts), "Namespace"])  # after its children: see decode
-            return fields
-        if t in (set, frozenset):
-            members = [walk(x, (*parts, i)) for i, x in enumerate(v)]
-            conversions.append([list(parts), t.__name__])
-            return members
-        if isinstance(v, pathlib.PurePath) and t.__name__ in _PATH_TYPES:
-            conversions.append([list(parts), t.__name__])
-            return str(v)
-        if t is datetime.timedelta:
-            conversions.append([list(parts), "timedelta"])
-            return [v.days, v.seconds, v.microseconds]
-        if t is torch.dtype:
-            conversions.append([list(parts), "torch.dtype"])
-            return str(v).removeprefix("torch.")
-        if t is torch.device:
-            conversions.append([list(parts), "torch.device"])
-            return str(v)
-        if isinstance(v, (str, bytes)) and t not in (str, bytes):
-            raise UnsupportedValue(
-                f"{path_str(parts)}: {t.__module__}.{t.__qualname__} (a str/bytes subclass, e.g. "
-                "a StrEnum) would load back as a plain str/bytes; store its value instead")
-        if isinstance(v, (dict, list, tuple, set, frozenset)) and not isinstance(v, torch.Size):
-            base = next(b for b in t.__mro__ if b in (dict, list, tuple, set, frozenset))
-            raise UnsupportedValue(
-                f"{path_str(parts)}: {t.__module__}.{t.__qualname__} (a subclass of "
-                f"{base.__name__}) cannot be checkpointed faithfully without pickle; convert it "
-                "to a plain dict/list/tuple")
-        return v  # tensors, arrays, scalars, torch.Size; cloudckpt.save rejects the rest
-
-    out: dict[str, Any] = walk(checkpoint, ())
-    out[RESERVED_KEY] = {"format": FORMAT, "conversions": conversions}
-    return out
+    return encode_tree(checkpoint, types=TYPES, strict=True)
 
 
-def _rebuild(kind: str, v: Any, where: str) -> Any:
-    try:
-        if kind == "AttributeDict":
-            return AttributeDict(v)
-        if kind == "Namespace":
-            return argparse.Namespace(**v)
-        if kind == "set":
-            return set(v)
-        if kind == "frozenset":
-            return frozenset(v)
-        if kind in _PATH_TYPES:
-            return _PATH_TYPES[kind](v)
-        if kind == "timedelta":
-            days, seconds, micro = v
-            return datetime.timedelta(days=days, seconds=seconds, microseconds=micro)
-        if kind == "torch.dtype":
-            dt = getattr(torch, v, None)
-            if isinstance(dt, torch.dtype):
-                return dt
-        elif kind == "torch.device":
-            return torch.device(v)
-    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
-        raise CorruptCheckpoint(f"{where}: cannot rebuild {kind} from {v!r}: {e}") from e
-    raise CorruptCheckpoint(f"{where}: unknown conversion {kind!r} for {v!r}")
-
-
-def decode_checkpoint(state: Any) -> dict[str, Any]:
-    """Rebuild the Lightning checkpoint dict from what :func:`cloudckpt.load` returned for a
-    checkpoint written by :func:`encode_checkpoint` (a plain cloudckpt checkpoint whose root
-    is a dict is returned as is). Called by :meth:`CloudckptIO.load_checkpoint`.
+def decode_checkpoint(tree: Any, leaf: Callable[[int], Any]) -> dict[str, Any]:
+    """Rebuild the Lightning checkpoint dict from its stored tree (``leaf(i)`` returns leaf
+    ``i``, as for :func:`cloudckpt.format.tree.decode_tree`), including checkpoints of the
+    earlier encoding. Called by :meth:`CloudckptIO.load_checkpoint`.
 
     Raises:
-        CorruptCheckpoint: the state is not a dict, or the recorded conversions do not match it.
+        CorruptCheckpoint: the tree does not validate, its root is not a dict, or the
+            recorded conversions of the earlier encoding do not match it.
     """
+    state = decode_tree(tree, leaf, types=TYPES)
     if not isinstance(state, dict):
         raise CorruptCheckpoint(f"not a Lightning checkpoint: the root is a {type(state).__name__}")
     info = state.pop(RESERVED_KEY, None)
     if info is None:
         return state
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CorruptCheckpoint(f"unknown Lightning checkpoint encoding {info!r}")
+    if not (isinstance(info, dict) and info.get("format") == FORMAT
+            and isinstance(info.get("conversions", []), list)):
+        raise CorruptCheckpoint(f"unknown Lightning checkpoint encoding in {RESERVED_KEY!r}")
     for entry in info.get("conversions", []):
-        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)):
-            raise CorruptCheckpoint(f"malformed conversion record {entry!r}")
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)
+                and entry[0] and isinstance(entry[1], str) and entry[1] in _LEGACY):
+            raise CorruptCheckpoint(f"malformed conversion record in {RESERVED_KEY!r}")
         keys, kind = entry
-        where = path_str(keys)
-        if not keys:
-            raise CorruptCheckpoint(f"{where}: the checkpoint root cannot be converted")
+        codec = TYPES.by_name(_LEGACY[kind])
+        assert codec is not None
         parent: Any = state
         try:
             for k in keys[:-1]:
                 parent = parent[k]
-            parent[keys[-1]] = _rebuild(kind, parent[keys[-1]], where)
-        except (KeyError, IndexError, TypeError) as e:
-            raise CorruptCheckpoint(f"{where}: conversion {kind!r} does not match the state "
-                                    f"({type(e).__name__}: {e})") from e
+            parent[keys[-1]] = codec.decode(parent[keys[-1]])
+        except (LookupError, TypeError, ValueError, ArithmeticError, AttributeError,
+                RuntimeError) as e:
+            raise CorruptCheckpoint(f"{path_str(keys)[:200]}: conversion {kind!r} does not match "
+                                    f"the state ({type(e).__name__})") from e
     return state
 
 
@@ -273,13 +236,13 @@ class CloudckptIO(CheckpointIO):  # type: ignore[misc, unused-ignore]
                 ``path``, if any, is still intact.
         """
         uri = os.fspath(path)
-        state = encode_checkpoint(checkpoint)
+        tree, leaves = encode_checkpoint(checkpoint)
         meta = {"lightning": {k: checkpoint[k] for k in ("epoch", "global_step",
                                                          "pytorch-lightning_version")
                               if isinstance(checkpoint.get(k), (int, str))
                               and not isinstance(checkpoint.get(k), bool)}}
-        cloudckpt.save(state, uri, storage_options=self._options(storage_options),
-                       overwrite=True, metadata=meta, compression=self.compression)
+        write_encoded(tree, leaves, uri, storage_options=self._options(storage_options),
+                      overwrite=True, metadata=meta, compression=self.compression)
         _invalidate_listing_cache(uri)
 
     def load_checkpoint(self, path: str | os.PathLike[str], map_location: Any | None = None,
@@ -299,9 +262,13 @@ class CloudckptIO(CheckpointIO):  # type: ignore[misc, unused-ignore]
         if map_location is not None and not isinstance(map_location, (str, torch.device)):
             raise InvalidArgument("CloudckptIO.load_checkpoint: map_location must be None, a "
                                   f"device string or a torch.device, not {type(map_location).__name__}")
-        state = cloudckpt.load(os.fspath(path), map_location=map_location,
-                               storage_options=self.storage_options)
-        return decode_checkpoint(state)
+        store = open_store(os.fspath(path), storage_options=self.storage_options)
+        m = read_manifest(store)
+        need = leaf_indices(m.tree)
+        if need and max(need) >= len(m.tensors):
+            raise CorruptCheckpoint(f"{store.uri}: tree references leaf {max(need)} of {len(m.tensors)}")
+        leaves = read_leaves(m, need, store, storage_options=self.storage_options)
+        return decode_checkpoint(m.tree, lambda i: _place(leaves[i], m.tensors[i], map_location))
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Delete the checkpoint at ``path`` (manifest first, so it disappears atomically;
