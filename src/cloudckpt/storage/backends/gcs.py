@@ -9,6 +9,7 @@ every server enforces). Storage classes change through ``rewriteTo`` as GCS requ
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -89,6 +90,13 @@ class _GCSUpload:
 
 
 _SINGLE_TRY: dict[type[Any], type[Any]] = {}
+log = logging.getLogger("cloudckpt.storage")
+
+
+def _gcsfs_version() -> str:
+    import gcsfs
+
+    return str(getattr(gcsfs, "__version__", "?"))
 
 
 def _single_try(cls: type[Any]) -> type[Any]:
@@ -101,7 +109,9 @@ def _single_try(cls: type[Any]) -> type[Any]:
         from gcsfs.retry import retry_request
 
         undecorated = getattr(cls._request, "__wrapped__", None)
-        if undecorated is None:  # a gcsfs without the decorator: nothing to switch off
+        if undecorated is None:  # gcsfs changed: its retries stay on (slower failures only)
+            log.warning("gcsfs %s has no decorated _request; its own request retries stay on "
+                        "(failures take longer to surface)", _gcsfs_version())
             return cls
         name = f"SingleTry{cls.__name__}"
         sub = type(name, (cls,), {"_request": retry_request(retries=1)(undecorated),
