@@ -6,13 +6,19 @@ from cloudckpt.errors import (
     AlreadyExists,
     CloudckptError,
     CorruptCheckpoint,
+    EndpointUnreachable,
     IncompleteCheckpoint,
     InvalidArgument,
     InvalidKey,
     InvalidURI,
     NotFound,
+    RehydrationRequired,
     StorageError,
+    StorageTimeout,
     TransientStorageError,
+    UnsupportedOperation,
+    UnsupportedValue,
+    UntrustedCheckpoint,
 )
 from cloudckpt.storage import open_store
 
@@ -21,19 +27,27 @@ __all__ = [
     "AlreadyExists",
     "CloudckptError",
     "CorruptCheckpoint",
+    "EndpointUnreachable",
     "IncompleteCheckpoint",
     "InvalidArgument",
     "InvalidKey",
     "InvalidURI",
     "NotFound",
+    "RehydrationRequired",
     "StorageError",
+    "StorageTimeout",
     "TransientStorageError",
+    "UnsupportedOperation",
+    "UnsupportedValue",
+    "UntrustedCheckpoint",
     "__version__",
     "open_store",
 ]
 
 from cloudckpt.engine.reader import inspect, load
+from cloudckpt.engine.verify import VerifyReport, verify
 from cloudckpt.engine.writer import SaveInfo, save
+from cloudckpt.format.signing import Ed25519Signer, Ed25519Verifier, HmacKey
 from cloudckpt.manager import (
     AnyOf,
     AnySave,
@@ -51,7 +65,28 @@ from cloudckpt.manager import (
     TrainingState,
 )
 
-__all__ += ["AnyOf", "AnySave", "ArchivePolicy", "AsyncOptions", "CheckpointManager",
-            "EveryNEpochs", "EveryNSteps", "KeepBest", "KeepEvery", "KeepLast", "KeepWithin",
-            "OnImprovement", "PreemptionOptions", "SaveInfo", "TrainingState", "inspect", "load",
-            "save"]
+__all__ += [
+    "AnyOf",
+    "AnySave",
+    "ArchivePolicy",
+    "AsyncOptions",
+    "CheckpointManager",
+    "Ed25519Signer",
+    "Ed25519Verifier",
+    "EveryNEpochs",
+    "EveryNSteps",
+    "HmacKey",
+    "KeepBest",
+    "KeepEvery",
+    "KeepLast",
+    "KeepWithin",
+    "OnImprovement",
+    "PreemptionOptions",
+    "SaveInfo",
+    "TrainingState",
+    "VerifyReport",
+    "inspect",
+    "load",
+    "save",
+    "verify",
+]

@@ -110,3 +110,13 @@ def test_no_import_cycles_among_modules() -> None:
 def test_modules_are_small(module: str) -> None:
     n = len(MODULES[module].read_text().splitlines())
     assert n <= MAX_LINES, f"{module} has {n} lines (limit {MAX_LINES})"
+
+
+def test_every_error_is_exported_from_the_package_root() -> None:
+    import cloudckpt
+    from cloudckpt import errors
+
+    missing = [n for n, v in vars(errors).items()
+               if isinstance(v, type) and issubclass(v, Exception) and not hasattr(cloudckpt, n)]
+    assert not missing, f"errors not importable from cloudckpt: {missing}"
+    assert callable(cloudckpt.verify) and callable(cloudckpt.inspect)
