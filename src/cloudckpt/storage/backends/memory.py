@@ -8,9 +8,8 @@ from typing import Any
 
 import fsspec
 
-from cloudckpt.storage.backends.base import generic_object_info
-from cloudckpt.storage.backends.local import LocalBackend
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
+from cloudckpt.storage.backends.base import BackendBase, generic_object_info
+from cloudckpt.storage.base import ObjectInfo, Upload
 
 __all__ = ["MemoryBackend"]
 
@@ -35,8 +34,10 @@ class _MemoryUpload:
         self._parts = []
 
 
-class MemoryBackend(LocalBackend):
+class MemoryBackend(BackendBase):
     """``memory://``: fsspec's process-wide in-memory filesystem, for fast unit tests."""
+
+    protocol = "memory"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -59,15 +60,3 @@ class MemoryBackend(LocalBackend):
                        *, full: bool) -> ObjectInfo:
         return generic_object_info(key, {**info, "etag": f"{info.get('created')}-{info.get('size')}"},
                                    etag_field="etag", mtime_fields=("created",), storage_class=None)
-
-    def guard(self, root: str, key: str) -> None:
-        return None
-
-    def is_internal(self, path: str) -> bool:
-        return False
-
-    def after_delete(self, fs: Any, paths: list[str], root: str) -> None:
-        return None
-
-    def list_pending(self, fs: Any, root: str) -> list[tuple[str, PendingUpload]]:
-        return []
