@@ -167,7 +167,8 @@ _keys = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
                      lambda c: st.lists(c, max_size=3).map(tuple), max_leaves=6)
 _values = (st.none() | st.booleans() | st.integers() | st.integers(-(2**300), 2**300) | _floats
            | st.text(max_size=8) | st.binary(max_size=8) | _npscalars() | _tensors() | _arrays
-           | st.text(max_size=3).map(np.str_) | st.binary(max_size=3).map(np.bytes_)
+           | st.text(max_size=3).map(lambda s: np.str_(s.rstrip("\0")))
+           | st.binary(max_size=3).map(lambda b: np.bytes_(b.rstrip(b"\0")))
            | st.complex_numbers() | st.builds(Point, st.integers(), st.integers()))
 
 

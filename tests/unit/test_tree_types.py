@@ -146,10 +146,13 @@ def test_strict_refuses_builtin_subclasses_that_default_stores_as_their_base(val
     assert decode_tree(_json(tree), _no_leaf, types=reg) == {"p": Pair(3)}
 
 
-def test_numpy_strings_keep_their_type() -> None:
-    state = [np.str_("ab"), np.bytes_(b"c"), np.float64(0.5)]
+def test_numpy_strings_keep_their_type_and_trailing_nuls_are_refused() -> None:
+    state = [np.str_("ab"), np.bytes_(b"c"), np.bytes_(b""), np.bytes_(b"\0x"), np.float64(0.5)]
     tree, _ = encode_tree(state, strict=True)
     same(state, decode_tree(_json(tree), _no_leaf))
+    for bad in (np.bytes_(b"\0"), np.str_("a\0")):  # numpy's fixed-width strings drop them
+        with pytest.raises(UnsupportedValue, match=r"state\[0\]: a numpy string ending in NUL"):
+            encode_tree([bad])
 
 
 def test_nan_bits_and_big_ints() -> None:

@@ -136,6 +136,9 @@ def encode_tree(state: Any, *, types: TypeRegistry | None = None,
             arr = np.asarray(v)
             if arr.dtype.hasobject or arr.dtype.kind in "OV":
                 raise UnsupportedValue(f"{path_str(parts)}: numpy scalar of dtype {arr.dtype}")
+            if arr.dtype.kind in "SU" and arr[()] != v:  # fixed-width: trailing NULs drop
+                raise UnsupportedValue(f"{path_str(parts)}: a numpy string ending in NUL would "
+                                       "load without it; store it as bytes or str")
             return {"t": "npscalar", "dtype": arr.dtype.str,
                     "v": base64.b64encode(arr.tobytes()).decode()}
         if isinstance(v, str):
