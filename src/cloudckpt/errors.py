@@ -22,6 +22,7 @@ __all__ = [
     "NotFound",
     "RehydrationRequired",
     "StorageError",
+    "StorageFull",
     "StorageTimeout",
     "TransientStorageError",
     "UnsupportedOperation",
@@ -52,6 +53,13 @@ class InvalidKey(CloudckptError, ValueError):
 
 class StorageError(CloudckptError, OSError):
     """A storage operation failed permanently (not worth retrying)."""
+
+
+class StorageFull(StorageError):
+    """A write was refused because the target is out of space: the local disk is full
+    (``ENOSPC``) or over its quota (``EDQUOT``), or the object store's quota or capacity is
+    reached (MinIO ``XMinioStorageFull``, Ceph ``QuotaExceeded``, HTTP 507). Never retried:
+    free space or raise the quota, then save again."""
 
 
 class TransientStorageError(StorageError):

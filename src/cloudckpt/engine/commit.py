@@ -20,7 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from cloudckpt.engine.trust import resolve_signer, resolve_verifier
-from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, IncompleteCheckpoint, NotFound
+from cloudckpt.errors import (
+    AlreadyExists,
+    CorruptCheckpoint,
+    IncompleteCheckpoint,
+    NotFound,
+    StorageFull,
+)
 from cloudckpt.format.keys import (
     DATA_PREFIX,
     MANIFEST_KEY,
@@ -71,15 +77,23 @@ def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False
     Raises:
         AlreadyExists: another save committed first (``overwrite`` false); this save's data
             objects are discarded before raising.
+        StorageFull: no space for the manifest; this save's data objects are discarded before
+            raising (unless an earlier attempt of the same write had landed: then it committed).
         StorageError: the write failed; nothing was committed.
     """
+    body = encode_manifest(manifest, resolve_signer(signer))
     try:
-        store.put(MANIFEST_KEY, encode_manifest(manifest, resolve_signer(signer)),
-                  create_only=not overwrite)
+        store.put(MANIFEST_KEY, body, create_only=not overwrite)
     except AlreadyExists:
         discard(store, manifest.objects)
         raise AlreadyExists(f"another save committed {store.uri} first; this one was discarded"
                             ) from None
+    except StorageFull:
+        landed = _landed(store, body)
+        if landed is False:
+            discard(store, manifest.objects)
+        if not landed:  # None, cannot tell: the data stays (GC sweeps it if uncommitted)
+            raise
     if previous is None:
         return  # a first commit: nothing superseded, no extra requests
     if previous.save_id != manifest.save_id and SAVE_ID_RE.match(previous.save_id):
@@ -88,6 +102,17 @@ def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False
     with contextlib.suppress(Exception):
         sweep_superseded(store, grace, time.time() if now is None else now,
                          keep=manifest.save_id)
+
+
+def _landed(store: Store, body: bytes) -> bool | None:
+    """Whether the manifest at ``store`` is ``body`` (a retried write whose first attempt
+    landed before a later one was refused); ``None`` when it cannot be read. Never raises."""
+    try:
+        return read_manifest_bytes(store) == body
+    except NotFound:
+        return False
+    except Exception:
+        return None
 
 
 def sweep_superseded(store: Store, grace: float, now: float, keep: str | None = None) -> int:

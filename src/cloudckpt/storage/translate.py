@@ -23,6 +23,7 @@ from cloudckpt.errors import (
     NotFound,
     RehydrationRequired,
     StorageError,
+    StorageFull,
     TransientStorageError,
 )
 from cloudckpt.storage.uri import redact
@@ -47,6 +48,12 @@ _TRANSIENT_CODES = frozenset({
     "500", "502", "503", "504",
 })
 _ARCHIVED_CODES = frozenset({"InvalidObjectState", "BlobArchived"})
+#: out of space or over quota: MinIO (drive threshold, HTTP 507, 500 in old releases; bucket quota,
+#: HTTP 400), Ceph RGW (user/bucket quota, HTTP 403 on S3, 413 on Swift). HTTP 507 (RFC 4918
+#: Insufficient Storage) from any provider, and ENOSPC / EDQUOT from a filesystem, mean the same.
+_FULL_CODES = frozenset({"XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "QuotaExceeded"})
+_FULL_STATUS = 507
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -192,6 +199,8 @@ def is_unreachable(exc: BaseException) -> bool:
 def _classify(exc: BaseException) -> type[StorageError]:
     for e in _chain(exc):
         code, status = _code_and_status(e)
+        if code in _FULL_CODES or status == _FULL_STATUS:  # before 403/500: Ceph, old MinIO
+            return StorageFull
         if code in _ARCHIVED_CODES:
             return RehydrationRequired
         if code in _NOT_FOUND_CODES:
@@ -214,6 +223,8 @@ def _classify(exc: BaseException) -> type[StorageError]:
     if _unreachable(exc) is not None:
         return EndpointUnreachable
     for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return StorageFull
         if isinstance(e, FileExistsError):
             return AlreadyExists
         if isinstance(e, FileNotFoundError):
@@ -247,6 +258,9 @@ def translate_error(exc: BaseException, op: str, uri: str) -> CloudckptError:
     msg = f"{op} {redact(uri)} failed: {type(exc).__name__}"
     msg += f" ({detail})" if detail else ""
     msg += f": {reason}"
+    if cls is StorageFull:
+        msg += (" -- the storage is out of space or over its quota: free space (delete old "
+                "checkpoints, `cloudckpt gc`) or raise the quota, then save again")
     if cls is RehydrationRequired:
         msg += (" -- the object is in an archive tier; restore it first (S3: restore-object; "
                 "Azure: set the tier to Hot/Cool and wait for rehydration), then retry")
