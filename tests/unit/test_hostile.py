@@ -245,3 +245,34 @@ def test_dcp_tensors_inside_non_tensor_values_are_refused(tmp_path) -> None:  # 
 
     with pytest.raises(UnsupportedValue, match="tensors inside"):
         _encode_value(Item, Planner())  # type: ignore[arg-type]
+
+
+def test_a_manifest_dtype_never_imports_a_torch_submodule(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    uri = str(tmp_path / "c")
+    cloudckpt.save({"w": torch.zeros(4)}, uri)
+    _forge(uri, lambda d: d["tensors"][0].__setitem__(2, "onnx"))
+    code = ("import sys, cloudckpt\n"
+            f"try:\n    cloudckpt.load({uri!r})\nexcept cloudckpt.CorruptCheckpoint as e:\n"
+            "    print('refused', e)\n"
+            "print('onnx imported' if 'torch.onnx' in sys.modules else 'clean')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "refused" in out and "clean" in out, out
+
+
+def test_save_and_load_take_a_type_registry(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import datetime
+
+    from cloudckpt.format.types import TypeCodec, TypeRegistry
+
+    types = TypeRegistry((TypeCodec("timedelta", datetime.timedelta, lambda v: v.total_seconds(),
+                                    lambda s: datetime.timedelta(seconds=s)),))
+    uri = str(tmp_path / "c")
+    state = {"every": datetime.timedelta(minutes=5), "w": torch.ones(2)}
+    cloudckpt.save(state, uri, types=types)
+    assert cloudckpt.load(uri, types=types)["every"] == datetime.timedelta(minutes=5)
+    with pytest.raises(CorruptCheckpoint):  # without the registry, the name means nothing
+        cloudckpt.load(uri)

@@ -65,6 +65,7 @@ from cloudckpt.engine.writer import (
 )
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidURI, UnsupportedValue
 from cloudckpt.format.chunking import dtype_name
+from cloudckpt.format.dtypes import torch_dtype
 from cloudckpt.format.keys import MANIFEST_KEY
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
 from cloudckpt.format.signing import Signer, Verifier
@@ -299,9 +300,7 @@ def _decode_metadata(d: Any) -> tuple[Metadata, dict[MetadataIndex, int]]:
             if m["type"] == "bytes":
                 sdm[fqn] = BytesStorageMetadata()
                 continue
-            dt = getattr(torch, m["dtype"])
-            if not isinstance(dt, torch.dtype):
-                raise CorruptCheckpoint(f"unknown dtype {m['dtype']!r}")
+            dt = torch_dtype(m["dtype"])
             sdm[fqn] = TensorStorageMetadata(
                 properties=TensorProperties(dtype=dt, requires_grad=bool(m["requires_grad"])),
                 size=torch.Size(m["size"]),

@@ -22,13 +22,15 @@ from cloudckpt.engine.commit import read_manifest
 from cloudckpt.engine.pool import run_bounded
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 from cloudckpt.format.checksums import decode_chunk
+from cloudckpt.format.dtypes import torch_dtype
 from cloudckpt.format.manifest import Manifest, TensorRecord
 from cloudckpt.format.signing import Verifier
 from cloudckpt.format.tree import decode_tree, leaf_indices, select
+from cloudckpt.format.types import TypeRegistry
 from cloudckpt.storage import Store, open_store
 from cloudckpt.storage.uri import StoreURI
 
-__all__ = ["inspect", "load", "read_leaves"]
+__all__ = ["inspect", "load", "place", "read_leaves"]
 
 MiB = 1024 * 1024
 _SIBLING_PREFIX = "@"
@@ -45,19 +47,12 @@ def inspect(uri: str | os.PathLike[str] | Store, *,
     return read_manifest(open_store(uri, storage_options=storage_options), verifier)
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    dt = getattr(torch, name, None)
-    if not isinstance(dt, torch.dtype):
-        raise CorruptCheckpoint(f"unknown torch dtype {name!r} in manifest")
-    return dt
-
-
 def _allocate(rec: TensorRecord) -> tuple[Any, np.ndarray]:
     """An empty leaf of the recorded kind/dtype/shape and a writable uint8 view of it. The
     shape is checked against the recorded size (itself checked against the chunks) before
     anything is allocated."""
     if rec.kind == "torch":
-        tdt = _torch_dtype(rec.dtype)
+        tdt = torch_dtype(rec.dtype)
         itemsize = torch.empty((), dtype=tdt).element_size()
         if math.prod(rec.shape) * itemsize != rec.nbytes:
             raise CorruptCheckpoint(f"{rec.path}: {rec.nbytes} bytes do not fit {rec.dtype}{list(rec.shape)}")
@@ -136,14 +131,15 @@ def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
          keys: list[str] | None = None, verify: bool = True,
          storage_options: Mapping[str, Any] | None = None,
          memory_budget: int = 256 * MiB, max_workers: int | None = None,
-         verifier: Verifier | None = None) -> Any:
+         verifier: Verifier | None = None, types: TypeRegistry | None = None) -> Any:
     """Load the checkpoint at ``uri`` and return the state as saved.
 
     ``map_location``: device for torch tensors (``"cpu"``, ``"cuda:0"``, a ``torch.device``),
     or ``None`` for the device each tensor was saved from when it exists here (else CPU).
     ``keys``: ``/``-separated dict keys of sub-trees to load (``["model"]``,
     ``["optimizer/state"]``); only their bytes are fetched. ``verify``: check stored and decoded
-    checksums (sizes are always checked). ``verifier``: require a valid manifest signature
+    checksums (sizes are always checked). ``types``: the registry of extra types the state was
+    saved with (see :mod:`cloudckpt.format.types`). ``verifier``: require a valid manifest signature
     (default: the verification keys in the environment, see :mod:`cloudckpt.engine.trust`).
     Any thread may call this.
 
@@ -165,7 +161,7 @@ def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
             raise CorruptCheckpoint(f"{store.uri}: tree references leaf {i} of {len(m.tensors)}")
     out = read_leaves(m, need, store, storage_options=storage_options, verify=verify,
                       memory_budget=memory_budget, max_workers=max_workers)
-    return decode_tree(tree, lambda i: _place(out[i], m.tensors[i], map_location))
+    return decode_tree(tree, lambda i: place(out[i], m.tensors[i], map_location), types=types)
 
 
 def read_leaves(m: Manifest, indices: list[int], store: Store, *,
@@ -193,12 +189,22 @@ def read_leaves(m: Manifest, indices: list[int], store: Store, *,
     return out
 
 
-def _place(value: Any, rec: TensorRecord, map_location: Any) -> Any:
+def place(value: Any, rec: TensorRecord, map_location: Any) -> Any:
+    """Move a loaded leaf to ``map_location`` (``None``: the device ``rec`` was saved from,
+    when it exists here, else CPU). Used by :func:`load` and by integrations that decode the
+    tree themselves. Any caller.
+
+    Raises:
+        CorruptCheckpoint: ``rec.device`` is not a device string.
+    """
     if not isinstance(value, torch.Tensor):
         return value
     target = map_location
     if target is None:
-        saved = torch.device(rec.device)
+        try:
+            saved = torch.device(rec.device)
+        except RuntimeError as e:
+            raise CorruptCheckpoint(f"{rec.path}: bad device {rec.device!r}") from e
         ok = saved.type == "cpu" or (saved.type == "cuda" and torch.cuda.is_available()
                                      and (saved.index or 0) < torch.cuda.device_count())
         target = saved if ok else "cpu"

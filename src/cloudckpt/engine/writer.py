@@ -39,6 +39,7 @@ from cloudckpt.format.keys import MANIFEST_KEY, data_key
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
 from cloudckpt.format.signing import Signer
 from cloudckpt.format.tree import Leaf, encode_tree
+from cloudckpt.format.types import TypeRegistry
 from cloudckpt.storage import Store, open_store
 
 __all__ = ["SaveInfo", "WrittenLeaves", "new_save_id", "save", "write_encoded", "write_leaves"]
@@ -107,11 +108,13 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
          metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
          chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
          memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
-         storage_class: str | None = None, signer: Signer | None = None) -> SaveInfo:
+         storage_class: str | None = None, signer: Signer | None = None,
+         types: TypeRegistry | None = None) -> SaveInfo:
     """Save ``state`` (nested dict/list/tuple of tensors, arrays and plain values) to ``uri``.
 
     ``compression``: ``"auto"`` (byte-grouped zstd for floats, zstd for the rest), ``"zstd"``,
     ``"none"``. ``metadata``: JSON-serialisable user data kept in the manifest.
+    ``types``: a registry of extra types to store (see :mod:`cloudckpt.format.types`).
     ``overwrite``: replace a committed checkpoint at ``uri``; readers see either the old or
     the new one, never a mix. ``signer``: sign the manifest (default: the signing key in the
     environment, see :mod:`cloudckpt.engine.trust`; unsigned when there is none). Any thread
@@ -124,7 +127,7 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
         InvalidArgument: bad sizes, compression or metadata.
         StorageError and subclasses: the store failed; nothing was committed.
     """
-    tree, leaves = encode_tree(state)
+    tree, leaves = encode_tree(state, types=types)
     return write_encoded(tree, leaves, uri, compression=compression,
                          storage_options=storage_options, metadata=metadata, overwrite=overwrite,
                          chunk_size=chunk_size, object_size=object_size,

@@ -59,9 +59,10 @@ from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from cloudckpt.engine.commit import delete_checkpoint, read_manifest
-from cloudckpt.engine.reader import _place, read_leaves  # _place: until load() takes types=
+from cloudckpt.engine.reader import place, read_leaves
 from cloudckpt.engine.writer import write_encoded
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument, UnsupportedValue
+from cloudckpt.format.dtypes import TORCH_DTYPES
 from cloudckpt.format.tree import Leaf, decode_tree, encode_tree, leaf_indices, path_str
 from cloudckpt.format.types import TypeCodec, TypeRegistry
 from cloudckpt.storage import open_store
@@ -99,7 +100,7 @@ def _timedelta(v: Any) -> datetime.timedelta:
     return datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
 
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)}
+_DTYPES = TORCH_DTYPES
 
 
 def _dtype(v: Any) -> torch.dtype:
@@ -268,7 +269,7 @@ class CloudckptIO(CheckpointIO):  # type: ignore[misc, unused-ignore]
         if need and max(need) >= len(m.tensors):
             raise CorruptCheckpoint(f"{store.uri}: tree references leaf {max(need)} of {len(m.tensors)}")
         leaves = read_leaves(m, need, store, storage_options=self.storage_options)
-        return decode_checkpoint(m.tree, lambda i: _place(leaves[i], m.tensors[i], map_location))
+        return decode_checkpoint(m.tree, lambda i: place(leaves[i], m.tensors[i], map_location))
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Delete the checkpoint at ``path`` (manifest first, so it disappears atomically;
