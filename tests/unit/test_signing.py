@@ -99,3 +99,22 @@ def test_keys_from_the_environment(tmp_path, monkeypatch) -> None:  # type: igno
         resolve_verifier(None, {"CLOUDCKPT_ED25519_PUBLIC_KEYS": "e=zz"})
     with pytest.raises(InvalidArgument):
         HmacKey(b"short")
+
+
+def test_restore_latest_falls_back_past_a_forged_checkpoint(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    uri = str(tmp_path / "run")
+    monkeypatch.setenv("CLOUDCKPT_SIGNING_KEY", "trainer-secret-0123456789")
+    mgr = cloudckpt.CheckpointManager(uri)
+    m = torch.nn.Linear(3, 3)
+    mgr.save(10, model=m)
+    # an attacker without the key writes a newer, unsigned checkpoint straight into the run
+    monkeypatch.delenv("CLOUDCKPT_SIGNING_KEY")
+    forged = torch.nn.Linear(3, 3)
+    cloudckpt.CheckpointManager(uri).save(20, model=forged)
+    monkeypatch.setenv("CLOUDCKPT_SIGNING_KEY", "trainer-secret-0123456789")
+    fresh = cloudckpt.CheckpointManager(uri)
+    assert fresh.steps() == [10]  # the unsigned one is skipped (with a WARNING)
+    target = torch.nn.Linear(3, 3)
+    st = fresh.restore(model=target)
+    assert st is not None and st.step == 10
+    assert torch.equal(target.weight, m.weight)
