@@ -66,12 +66,14 @@ from cloudckpt.manager import (
     PreemptionOptions,
     TrainingState,
 )
+from cloudckpt.manager.average import AverageInfo, average
 
 __all__ += [
     "AnyOf",
     "AnySave",
     "ArchivePolicy",
     "AsyncOptions",
+    "AverageInfo",
     "CheckpointManager",
     "Ed25519Signer",
     "Ed25519Verifier",
@@ -87,6 +89,7 @@ __all__ += [
     "SaveInfo",
     "TrainingState",
     "VerifyReport",
+    "average",
     "inspect",
     "load",
     "save",
