@@ -67,8 +67,10 @@ from cloudckpt.manager import (
     TrainingState,
 )
 from cloudckpt.manager.average import AverageInfo, average
+from cloudckpt.manager.ema import EMA
 
 __all__ += [
+    "EMA",
     "AnyOf",
     "AnySave",
     "ArchivePolicy",

@@ -19,6 +19,7 @@ from cloudckpt.cli.targets import checkpoint_store
 from cloudckpt.engine.reader import load
 from cloudckpt.engine.writer import save
 from cloudckpt.errors import InvalidArgument
+from cloudckpt.manager.ema import load_ema_weights
 from cloudckpt.manager.state import TRAINING_FORMAT
 from cloudckpt.storage.backends.local import fsync_path
 
@@ -38,6 +39,8 @@ def register(sub: Any) -> None:
     p.add_argument("--step", type=int, help="step of a run root (default: latest)")
     p.add_argument("--inference", action="store_true",
                    help="model weights only: drop optimizer, scheduler, RNG and training state")
+    p.add_argument("--ema", action="store_true",
+                   help="the EMA weights saved with mgr.save(..., ema=cloudckpt.EMA(model))")
     p.add_argument("--max-shard-size", default="5GB",
                    help="shard safetensors above this size (HF index json); default 5GB")
     p.set_defaults(func=cmd_export)
@@ -141,7 +144,7 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard: i
 
 def cmd_export(args: argparse.Namespace) -> int:
     store = checkpoint_store(args.uri, args.storage_options, args.step)
-    state = load(store)
+    state = load_ema_weights(store) if args.ema else load(store)
     if args.inference:
         state = _inference_view(state)
     out = Path(args.out)
