@@ -66,6 +66,10 @@ def rows_for(uri: str, options: Mapping[str, Any] | None, do_verify: bool) -> li
     index = RunIndex(store)
     listing = index.scan()
     rows: dict[int, dict[str, Any]] = {}
+    for step, reason in index.quarantined(listing).items():
+        rows[step] = {"step": step, "time": "", "raw_bytes": 0, "stored_bytes": 0,
+                      "metrics": {}, "tier": None, "status": "quarantined", "signature": "-",
+                      "uri": f"{store.uri}/{step_dir(step)}", "problems": [reason]}
     for rec in index.records(listing):
         rows[rec.step] = {"step": rec.step, "time": _iso(rec.time), "raw_bytes": rec.raw_bytes,
                           "stored_bytes": rec.stored_bytes, "metrics": rec.metrics,

@@ -15,6 +15,9 @@ Under a run root (the manager's layout)::
     pins/step-000000000100                       the user pinned this step
     generations/0000000002.json                  lineage: generation 2 resumed from a step of
                                                  an older generation (claimed create-only)
+    quarantine/step-000000000100.json            ``cloudckpt repair`` found that checkpoint
+                                                 damaged beyond repair (restore and retention
+                                                 skip it)
 
 Keys are relative POSIX paths that can never leave the root they are relative to.
 """
@@ -30,6 +33,7 @@ __all__ = [
     "GENERATIONS_PREFIX",
     "GENERATION_RE",
     "MANIFEST_KEY",
+    "QUARANTINE_PREFIX",
     "SAVE_ID_RE",
     "STEP_RE",
     "SUPERSEDED_PREFIX",
@@ -40,6 +44,7 @@ __all__ = [
     "join_key",
     "parse_step_dir",
     "pin_key",
+    "quarantine_key",
     "step_dir",
     "superseded_key",
     "tier_key",
@@ -122,3 +127,11 @@ def pin_key(step: int) -> str:
 
 def tier_key(step: int) -> str:
     return f"{step_dir(step)}/{TIER_FILE}"
+
+
+QUARANTINE_PREFIX = "quarantine"
+
+
+def quarantine_key(step: int) -> str:
+    """The marker saying the checkpoint of ``step`` is quarantined (damaged beyond repair)."""
+    return f"{QUARANTINE_PREFIX}/{step_dir(step)}.json"

@@ -6,6 +6,8 @@ Under a run root::
     step-000000000100/tier.json                  its storage class, after an in-place move
     archived/step-000000000100.json              pointer to a copy moved to an archive URI
     pins/step-000000000100                       the user pinned this step
+    quarantine/step-000000000100.json            damaged beyond repair (see manager.quarantine):
+                                                 skipped without reading its manifest
 
 Only a validated manifest makes a checkpoint exist. Summaries come from each manifest's
 metadata (written by the manager at save time); parsed manifests are cached per manager by
@@ -23,9 +25,18 @@ from typing import Any
 
 from cloudckpt.engine.trust import resolve_verifier
 from cloudckpt.engine.verify import signature_status
-from cloudckpt.errors import CloudckptError, CorruptCheckpoint
-from cloudckpt.format.keys import DATA_PREFIX, MANIFEST_KEY, STEP_RE, TIER_FILE, step_dir, tier_key
+from cloudckpt.errors import CloudckptError, CorruptCheckpoint, NotFound
+from cloudckpt.format.keys import (
+    DATA_PREFIX,
+    MANIFEST_KEY,
+    QUARANTINE_PREFIX,
+    STEP_RE,
+    TIER_FILE,
+    step_dir,
+    tier_key,
+)
 from cloudckpt.format.manifest import MAX_MANIFEST_BYTES, Manifest, decode_manifest
+from cloudckpt.manager.quarantine import QuarantineMarker, condemns, read_marker
 from cloudckpt.storage import ObjectInfo, Store
 
 __all__ = ["CheckpointRecord", "RunIndex", "step_dir"]
@@ -81,6 +92,7 @@ class Listing:
     tiers: set[int]
     archived: dict[int, ObjectInfo]
     pinned: set[int]
+    quarantined: dict[int, ObjectInfo] = field(default_factory=dict)  # marker objects
 
 
 class RunIndex:
@@ -90,6 +102,7 @@ class RunIndex:
         self.store = store
         self._cache: dict[tuple[str, str | None], Manifest | None] = {}
         self._lock = threading.Lock()
+        self._markers: dict[tuple[str, str | None], QuarantineMarker | None] = {}
 
     def scan(self) -> Listing:
         committed: dict[int, ObjectInfo] = {}
@@ -97,6 +110,7 @@ class RunIndex:
         tiers: set[int] = set()
         archived: dict[int, ObjectInfo] = {}
         pinned: set[int] = set()
+        quarantined: dict[int, ObjectInfo] = {}
         for o in self.store.list():
             head, _, rest = o.key.partition("/")
             m = STEP_RE.match(head)
@@ -112,7 +126,9 @@ class RunIndex:
                 archived[int(m2.group(1))] = o
             elif head == "pins" and (m3 := STEP_RE.match(rest)):
                 pinned.add(int(m3.group(1)))
-        return Listing(committed, data, tiers, archived, pinned)
+            elif head == QUARANTINE_PREFIX and (m4 := STEP_RE.match(rest.removesuffix(".json"))):
+                quarantined[int(m4.group(1))] = o
+        return Listing(committed, data, tiers, archived, pinned, quarantined)
 
     def manifest(self, step: int, info: ObjectInfo) -> Manifest | None:
         """The validated manifest of a hot checkpoint, or None if it does not validate (or,
@@ -157,7 +173,10 @@ class RunIndex:
             for stale in [k for k in self._cache if k not in live]:
                 del self._cache[stale]
         root = self.store.uri.rstrip("/")
+        skip = self.quarantined(lst)
         for step, info in lst.committed.items():
+            if step in skip:
+                continue
             m = self.manifest(step, info)
             if m is None:
                 continue
@@ -176,6 +195,44 @@ class RunIndex:
                 log.warning("skipping checkpoint of step %d at %s: malformed run metadata: %s",
                             step, self.store.uri, e)
         return [out[s] for s in sorted(out)]
+
+    def quarantined(self, listing: Listing) -> dict[int, str]:
+        """Steps whose committed checkpoint a quarantine marker condemns (step -> reason),
+        from ``listing`` plus one small cached GET per marker; stale or malformed markers are
+        ignored. One WARNING per marker the first time this index sees it. A marker that
+        cannot be read now (the store failing) counts as condemning, for this call only."""
+        out: dict[int, str] = {}
+        live = {(i.key, i.etag) for i in listing.quarantined.values()}
+        with self._lock:  # forget markers deleted or rewritten since
+            for stale in [k for k in self._markers if k not in live]:
+                del self._markers[stale]
+        for step, minfo in sorted(listing.quarantined.items()):
+            ck = (minfo.key, minfo.etag)
+            with self._lock:
+                known, marker = ck in self._markers, self._markers.get(ck)
+            if not known:
+                try:
+                    marker = read_marker(self.store, step)
+                except NotFound:
+                    continue
+                except CorruptCheckpoint as e:
+                    log.warning("ignoring %s/%s: %s", self.store.uri, minfo.key, e)
+                    marker = None
+                except CloudckptError as e:
+                    log.warning("skipping step %d at %s: its quarantine marker cannot be read "
+                                "now: %s", step, self.store.uri, e)
+                    out[step] = f"quarantine marker unreadable: {e}"
+                    continue
+                with self._lock:
+                    self._markers[ck] = marker
+            if marker is None or not condemns(marker, listing.committed.get(step)):
+                continue
+            out[step] = marker.reason
+            if not known:
+                log.warning("skipping quarantined checkpoint of step %d at %s/%s: %s (marked "
+                            "by cloudckpt repair; see %s)", step, self.store.uri,
+                            step_dir(step), marker.reason, minfo.key)
+        return out
 
     def tier(self, step: int) -> str | None:
         try:

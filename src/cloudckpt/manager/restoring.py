@@ -115,6 +115,7 @@ def _candidates(ctx: RunContext, which: int | str, listing: Listing,
             raise NotFound(f"no checkpoint under {ctx.uri} reports metric {ctx.metric!r}")
         return [chosen]
     newer_incomplete = [s for s in listing.data if s not in {r.step for r in records}
+                        and s not in listing.quarantined
                         and (not records or s > records[-1].step)]
     if newer_incomplete:
         log.warning("ignoring incomplete checkpoint(s) %s under %s (no committed "
