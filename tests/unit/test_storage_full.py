@@ -1,5 +1,6 @@
 """Out of space: the error table maps ENOSPC / EDQUOT and the object stores' quota codes to
-StorageFull, which is never retried, and a commit refused for space removes the save's data."""
+StorageFull, which is never retried, and a commit refused for space removes the save's data.
+Plus the validation of CommitOptions (no emulator needed)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import torch
 from botocore.exceptions import ClientError
 
 import cloudckpt
-from cloudckpt import StorageFull
+from cloudckpt import CommitOptions, StorageFull
 from cloudckpt.engine.commit import commit_manifest
 from cloudckpt.engine.writer import write_leaves
-from cloudckpt.errors import AccessDenied, StorageError, TransientStorageError
+from cloudckpt.errors import AccessDenied, InvalidArgument, StorageError, TransientStorageError
 from cloudckpt.format.keys import MANIFEST_KEY
 from cloudckpt.format.manifest import new_manifest
 from cloudckpt.format.tree import encode_tree
@@ -96,3 +97,12 @@ def test_a_manifest_refused_for_space_removes_the_saves_data() -> None:
         commit_manifest(store, manifest)
     assert store.list() == []  # nothing of the save is left
 
+
+def test_commit_options_are_validated() -> None:
+    with pytest.raises(InvalidArgument):
+        CommitOptions(verify_after_save="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        CommitOptions(on_commit=42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        cloudckpt.CheckpointManager("memory://x/run", commit_options={"verify_after_save": True})  # type: ignore[arg-type]
+    assert CommitOptions().verify_after_save is False

@@ -5,6 +5,8 @@
   Hugging Face ``transformers`` (needs ``transformers`` and ``accelerate``).
 * ``cloudckpt.integrations.lightning``: :class:`CloudckptIO` for PyTorch Lightning (needs
   ``lightning``).
+* ``cloudckpt.integrations.mlflow``: :class:`MlflowLogger`, an ``on_commit`` hook that logs
+  each committed checkpoint to an MLflow run (needs ``mlflow`` or ``mlflow-skinny``).
 
 ``from cloudckpt.integrations import CloudckptIO`` imports only the Lightning module; a missing
 framework raises ``ImportError`` at that point, naming the package to install.
@@ -18,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cloudckpt.integrations.hf import CloudckptCallback, CloudckptTrainer
     from cloudckpt.integrations.lightning import CloudckptIO
+    from cloudckpt.integrations.mlflow import MlflowLogger
 
-__all__ = ["CloudckptCallback", "CloudckptIO", "CloudckptTrainer"]
+__all__ = ["CloudckptCallback", "CloudckptIO", "CloudckptTrainer", "MlflowLogger"]
 
 _WHERE = {"CloudckptCallback": ("hf", "transformers accelerate"),
           "CloudckptTrainer": ("hf", "transformers accelerate"),
-          "CloudckptIO": ("lightning", "lightning")}
+          "CloudckptIO": ("lightning", "lightning"),
+          "MlflowLogger": ("mlflow", "mlflow-skinny")}
 
 
 def __getattr__(name: str) -> Any:

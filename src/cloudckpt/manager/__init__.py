@@ -13,7 +13,13 @@ from cloudckpt.manager.decisions import (
 )
 from cloudckpt.manager.gc import GCReport
 from cloudckpt.manager.index import CheckpointRecord
-from cloudckpt.manager.options import ArchivePolicy, AsyncOptions, PreemptionOptions
+from cloudckpt.manager.options import (
+    ArchivePolicy,
+    AsyncOptions,
+    CommitOptions,
+    CommitRecord,
+    PreemptionOptions,
+)
 from cloudckpt.manager.resolve import resolve_step
 from cloudckpt.manager.retention import (
     AnyOf,
@@ -28,7 +34,8 @@ from cloudckpt.manager.retention import (
 )
 
 __all__ = ["AnyOf", "AnySave", "ArchivePolicy", "AsyncOptions", "CheckpointManager",
-           "CheckpointRecord", "CheckpointSummary", "DecisionContext", "EveryNEpochs",
+           "CheckpointRecord", "CheckpointSummary", "CommitOptions", "CommitRecord",
+           "DecisionContext", "EveryNEpochs",
            "EveryNSteps", "GCReport", "KeepBest", "KeepEvery", "KeepLast", "KeepPinned",
            "KeepWithin", "OnImprovement", "PreemptionOptions", "RetentionPolicy", "RunContext",
            "SaveDecisionPolicy", "SavePoint", "TrainingState", "plan_retention", "resolve_step"]

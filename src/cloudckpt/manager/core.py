@@ -30,21 +30,17 @@ from cloudckpt.manager.distributed import (
 )
 from cloudckpt.manager.gc import GCReport, collect_garbage
 from cloudckpt.manager.index import META_KEY, CheckpointRecord, RunIndex
-from cloudckpt.manager.lifecycle import (
-    apply_retention,
-    delete_step,
-    pin_step,
-    retain_after_commit,
-    unpin_step,
-)
+from cloudckpt.manager.lifecycle import apply_retention, delete_step, pin_step, unpin_step
 from cloudckpt.manager.lineage import LineageState, live_records, prepare_commit
 from cloudckpt.manager.options import (
     ArchivePolicy,
     AsyncOptions,
+    CommitOptions,
     PreemptionOptions,
     preemption_options,
     require,
 )
+from cloudckpt.manager.postcommit import after_commit
 from cloudckpt.manager.preemption import PreemptionWatch
 from cloudckpt.manager.resolve import resolve_step
 from cloudckpt.manager.restoring import TrainingState, restore_run
@@ -78,6 +74,8 @@ class CheckpointManager:
 
     ``preemption=True`` or a :class:`PreemptionOptions` (create the manager on the main thread)
     turns preemption signals into a flag: see :attr:`preempted`, :meth:`save_on_preemption`.
+    ``commit_options`` (:class:`CommitOptions`): read each checkpoint back before retention
+    (``verify_after_save``) and an ``on_commit`` hook (experiment tracking).
 
     Raises (constructor): InvalidURI, InvalidArgument (a bad mode or option object; preemption
     handling requested off the main thread).
@@ -89,11 +87,15 @@ class CheckpointManager:
                  save_policy: SaveDecisionPolicy | None = None, compression: str = "auto",
                  storage_options: Mapping[str, Any] | None = None,
                  async_options: AsyncOptions | None = None,
+                 commit_options: CommitOptions | None = None,
                  preemption: PreemptionOptions | bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.async_options = AsyncOptions() if async_options is None else async_options
         require(isinstance(self.async_options, AsyncOptions), "async_options", async_options,
                 "an AsyncOptions")
+        self.commit_options = CommitOptions() if commit_options is None else commit_options
+        require(isinstance(self.commit_options, CommitOptions), "commit_options",
+                commit_options, "a CommitOptions")
         require(archive is None or isinstance(archive, ArchivePolicy), "archive", archive,
                 "an ArchivePolicy")
         require(retention is None or callable(getattr(retention, "keep", None)), "retention",
@@ -200,7 +202,10 @@ class CheckpointManager:
         Raises:
             AlreadyExists: ``step`` is already committed (e.g. by a zombie node).
             UnsupportedValue, InvalidArgument: bad state; nothing written.
+            StorageFull: out of space or quota; what it wrote is removed, the previous
+                checkpoint stays the latest. Not retried.
             StorageError: the save failed; nothing committed, retention untouched.
+            CorruptCheckpoint: ``verify_after_save`` found it damaged: quarantined.
             Any error of the previous background save (raised here once).
         """
         blocking = self.async_options.blocking if blocking is None else blocking
@@ -226,8 +231,8 @@ class CheckpointManager:
             meta[META_KEY]["generation"] = plan.generation
             info = write_step(ctx, step, tree, leaves, meta, overwrite=plan.overwrite)
             self._history = history
-            retain_after_commit(ctx, step, plan.generation)
-            return info
+            return after_commit(ctx, self.commit_options, step, info, plan.generation,
+                                epoch=epoch, metrics=mets, background=not blocking)
 
         if blocking:
             return commit()

@@ -229,9 +229,8 @@ class RunIndex:
                 continue
             out[step] = marker.reason
             if not known:
-                log.warning("skipping quarantined checkpoint of step %d at %s/%s: %s (marked "
-                            "by cloudckpt repair; see %s)", step, self.store.uri,
-                            step_dir(step), marker.reason, minfo.key)
+                log.warning("skipping quarantined checkpoint of step %d at %s/%s: %s (see %s)",
+                            step, self.store.uri, step_dir(step), marker.reason, minfo.key)
         return out
 
     def tier(self, step: int) -> str | None:

@@ -36,9 +36,16 @@ from typing import Any
 
 from cloudckpt.engine.commit import read_manifest
 from cloudckpt.errors import AlreadyExists, CloudckptError
-from cloudckpt.format.keys import GENERATION_RE, GENERATIONS_PREFIX, MANIFEST_KEY, generation_key
+from cloudckpt.format.keys import (
+    GENERATION_RE,
+    GENERATIONS_PREFIX,
+    MANIFEST_KEY,
+    generation_key,
+    step_dir,
+)
 from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.index import META_KEY, CheckpointRecord
+from cloudckpt.manager.quarantine import condemns, read_marker
 from cloudckpt.storage import Store
 
 __all__ = ["CommitPlan", "Generation", "LineageState", "in_lineage", "lineage_of",
@@ -162,8 +169,20 @@ def _claim(store: Store, parent: tuple[int, int], start: int,
                         f"{_CLAIM_ATTEMPTS} attempts (many nodes resuming at once?)")
 
 
+def _quarantined(ctx: RunContext, step: int) -> bool:
+    """Whether a quarantine marker condemns the checkpoint of ``step`` as listed now."""
+    try:
+        marker = read_marker(ctx.store, step)
+        key = f"{step_dir(step)}/{MANIFEST_KEY}"
+        return condemns(marker, next((o for o in ctx.store.list(step_dir(step))
+                                      if o.key == key), None))
+    except CloudckptError:  # no marker (NotFound), or one that does not parse
+        return False
+
+
 def _existing_generation(ctx: RunContext, step: int) -> int | None:
-    """The generation of the committed checkpoint at ``step``; None if none or unreadable."""
+    """The generation of the committed checkpoint at ``step``; None if none; -1 if it is
+    unreadable or quarantined (in nobody's lineage: a new save of the step replaces it)."""
     st = ctx.step_store(step)
     if not st.exists(MANIFEST_KEY):
         return None
@@ -171,6 +190,8 @@ def _existing_generation(ctx: RunContext, step: int) -> int | None:
         meta: Any = read_manifest(st).metadata.get(META_KEY, {})
     except CloudckptError:
         return -1  # damaged: in nobody's lineage
+    if _quarantined(ctx, step):
+        return -1
     g = meta.get("generation", 0) if isinstance(meta, dict) else 0
     return g if type(g) is int else -1
 

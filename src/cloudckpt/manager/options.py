@@ -1,5 +1,6 @@
 """Option objects of :class:`~cloudckpt.CheckpointManager`: how saves run in the background,
-how preemption signals are handled, and where checkpoints leaving the hot set go.
+what happens right after each commit, how preemption signals are handled, and where
+checkpoints leaving the hot set go.
 
 Each is a frozen dataclass validated on construction, so a bad value fails where it is written,
 not at the first save. Pure: nothing here touches a store, a thread or a signal handler.
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import math
 import signal
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloudckpt.errors import InvalidArgument
 
-__all__ = ["ArchivePolicy", "AsyncOptions", "PreemptionOptions", "preemption_options", "require"]
+__all__ = ["ArchivePolicy", "AsyncOptions", "CommitOptions", "CommitRecord", "PreemptionOptions",
+           "preemption_options", "require"]
 
 _DEFAULT_SIGNALS: tuple[int, ...] = tuple(
     int(s) for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None))
@@ -54,6 +56,58 @@ class AsyncOptions:
         if self.when_busy not in ("wait", "skip"):
             raise InvalidArgument(f"when_busy must be 'wait' or 'skip', not {self.when_busy!r}")
         _check_seconds("exit_timeout", self.exit_timeout, positive=False)
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One committed checkpoint, as handed to :attr:`CommitOptions.on_commit`: its ``step``,
+    ``uri`` and ``save_id``; ``raw_bytes`` (the tensors) and ``stored_bytes`` (after the
+    codec); ``seconds`` to write and commit it (on the background thread for async saves);
+    the ``metrics`` and ``epoch`` it was saved with; ``verified`` (True: read back and every
+    checksum matched; None: ``verify_after_save`` is off) and ``verify_seconds``;
+    ``background``: committed by an async save."""
+
+    step: int
+    uri: str
+    save_id: str
+    raw_bytes: int
+    stored_bytes: int
+    seconds: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    epoch: int | None = None
+    verified: bool | None = None
+    verify_seconds: float = 0.0
+    background: bool = False
+
+
+@dataclass(frozen=True)
+class CommitOptions:
+    """What happens right after each save commits, before retention runs.
+
+    ``verify_after_save``: read back every stored byte of the checkpoint just committed and
+    check it against its checksums (:func:`cloudckpt.verify`). One that fails is quarantined
+    (``restore``, ``latest()``, ``best()`` and retention skip it; nothing older is deleted),
+    logged as an ERROR, and the save raises :class:`~cloudckpt.CorruptCheckpoint` (for an
+    async save: the next ``save`` or ``wait`` does). Costs one full read of each checkpoint.
+
+    ``on_commit(record)``: called with a :class:`CommitRecord` after each commit (and after
+    verification and retention), on the thread that committed: the training thread, or the
+    background thread for async saves. An exception it raises is logged, never raised. Not
+    called for a checkpoint that failed verification.
+
+    Raises:
+        InvalidArgument: ``verify_after_save`` is not a bool, ``on_commit`` not callable.
+    """
+
+    verify_after_save: bool = False
+    on_commit: Callable[[CommitRecord], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.verify_after_save, bool):
+            raise InvalidArgument(f"verify_after_save must be True or False, not "
+                                  f"{self.verify_after_save!r}")
+        if self.on_commit is not None and not callable(self.on_commit):
+            raise InvalidArgument(f"on_commit must be callable, not {self.on_commit!r}")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Quarantine markers: a checkpoint that ``cloudckpt repair`` found damaged beyond repair is
-marked with ``quarantine/step-NNNNNNNNNNNN.json`` under the run root, so that restore,
-retention and every other run-level query skip it without reading it again
+"""Quarantine markers: a checkpoint that ``cloudckpt repair`` found damaged beyond repair, or
+that failed the manager's read-back right after its save (``verify_after_save``,
+:mod:`.postcommit`), is marked with ``quarantine/step-NNNNNNNNNNNN.json`` under the run root,
+so that restore, retention and every other run-level query skip it without reading it again
 (:meth:`cloudckpt.manager.index.RunIndex.records`).
 
 A marker names the manifest it condemns by the etag, size and mtime the listing showed for it.
@@ -9,8 +10,9 @@ stale and ignored, so a marker can never hide a newer checkpoint. Marker bytes a
 one that does not parse is ignored (the checkpoint is then treated as if unmarked: every read
 of it still verifies its checksums).
 
-Who calls what: ``repair`` (:mod:`.repair`) writes and deletes markers; the run index reads
-them. Any thread may call these functions.
+Who calls what: ``repair`` (:mod:`.repair`) writes and deletes markers, the save path's
+read-back (:mod:`.postcommit`) writes them; the run index and the lineage check read them.
+Any thread may call these functions.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def condemns(marker: QuarantineMarker, manifest: ObjectInfo | None) -> bool:
 
 def write_marker(store: Store, marker: QuarantineMarker) -> None:
     """Write (or replace) the marker of ``marker.step`` under the run root ``store``; one
-    atomic put. Called by repair only.
+    atomic put. Called by repair and by the read-back after a save.
 
     Raises:
         StorageError: the write failed (nothing was quarantined).
