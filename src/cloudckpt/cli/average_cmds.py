@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cloudckpt.cli.convert_cmds import _tensors_for_safetensors, _write_safetensors, parse_size
+from cloudckpt.cli.convert_cmds import tensors_for_safetensors, write_safetensors, parse_size
 from cloudckpt.cli.output import human, print_json
 from cloudckpt.engine.reader import load
 from cloudckpt.errors import InvalidArgument
@@ -69,8 +69,8 @@ def cmd_average(args: argparse.Namespace) -> int:
         max_shard = parse_size(args.max_shard_size)
         with tempfile.TemporaryDirectory(prefix="cloudckpt-average-") as tmp:
             info = average(args.run, Path(tmp) / "avg", **selection)
-            tensors, _dropped = _tensors_for_safetensors(load(Path(tmp) / "avg"))
-            files = [str(f) for f in _write_safetensors(tensors, out, max_shard)]
+            tensors, _dropped = tensors_for_safetensors(load(Path(tmp) / "avg"))
+            files = [str(f) for f in write_safetensors(tensors, out, max_shard)]
     if args.json:
         print_json({"out": files, "steps": list(info.steps), "object": info.obj,
                     "tensors": info.tensors, "raw_bytes": info.raw_bytes,

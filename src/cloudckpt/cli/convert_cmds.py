@@ -81,7 +81,7 @@ def _inference_view(state: Any) -> Any:
     return state
 
 
-def _tensors_for_safetensors(state: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
+def tensors_for_safetensors(state: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
     flat = flatten(state)
     tensors: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
@@ -102,7 +102,7 @@ def _tensors_for_safetensors(state: Any) -> tuple[dict[str, torch.Tensor], list[
     return tensors, dropped
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard: int) -> list[Path]:
+def write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard: int) -> list[Path]:
     from safetensors.torch import save_file
 
     total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -157,12 +157,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             os.fsync(f.fileno())
         print(f"exported {store.uri} -> {out} (torch.save)")
         return 0
-    tensors, dropped = _tensors_for_safetensors(state)
+    tensors, dropped = tensors_for_safetensors(state)
     if dropped:
         print(f"note: safetensors holds tensors only; left out {len(dropped)} non-tensor "
               f"value(s): {', '.join(dropped[:8])}{' ...' if len(dropped) > 8 else ''}",
               file=sys.stderr)
-    files = _write_safetensors(tensors, out, parse_size(args.max_shard_size))
+    files = write_safetensors(tensors, out, parse_size(args.max_shard_size))
     print(f"exported {store.uri} -> {', '.join(str(p) for p in files)} ({len(tensors)} tensors)")
     return 0
 
