@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cloudckpt.cli.convert_cmds import tensors_for_safetensors, write_safetensors, parse_size
+from cloudckpt.cli.convert_cmds import parse_size, tensors_for_safetensors, write_safetensors
 from cloudckpt.cli.output import human, print_json
 from cloudckpt.engine.reader import load
 from cloudckpt.errors import InvalidArgument
