@@ -247,6 +247,7 @@ def test_dcp_tensors_inside_non_tensor_values_are_refused(tmp_path) -> None:  # 
         _encode_value(Item, Planner())  # type: ignore[arg-type]
 
 
+@pytest.mark.emulator  # a whole process: runs with the system layer
 def test_a_manifest_dtype_never_imports_a_torch_submodule(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import subprocess
     import sys
