@@ -10,18 +10,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import cloudckpt
 from cloudckpt.format.keys import MANIFEST_KEY, step_dir
 from tests.conftest import StoreFactory
+from tests.system.test_lifecycle import _model
 from tests.unit.test_integrity import _forge
-
-
-def _model(fill: float) -> torch.nn.Module:
-    m = torch.nn.Module()
-    m.register_buffer("w", torch.full((100,), fill))
-    return m
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

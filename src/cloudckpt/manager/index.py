@@ -103,6 +103,8 @@ class RunIndex:
         self._cache: dict[tuple[str, str | None], Manifest | None] = {}
         self._lock = threading.Lock()
         self._markers: dict[tuple[str, str | None], QuarantineMarker | None] = {}
+        #: parsed lineage claims by (key, etag), filled by manager.lineage.read_generations
+        self.claims: dict[tuple[str, str | None], Any] = {}
 
     def scan(self) -> Listing:
         committed: dict[int, ObjectInfo] = {}

@@ -99,23 +99,30 @@ def _parse(key: str, raw: bytes) -> Generation | None:
     return None
 
 
-def read_generations(store: Store) -> dict[int, Generation]:
+def read_generations(store: Store,
+                     cache: dict[tuple[str, str | None], Any] | None = None) -> dict[int, Generation]:
     """Every valid generation claim under the run root (malformed ones are skipped with a
-    WARNING). One LIST plus one small GET per claim.
+    WARNING). One LIST, plus one small GET per claim not yet in ``cache`` (claims are written
+    create-only, so a parsed one is kept by key and etag: a save costs one LIST, not a GET per
+    generation).
 
     Raises:
         StorageError: the listing failed.
     """
+    cache = {} if cache is None else cache
     out: dict[int, Generation] = {}
     for o in store.list(GENERATIONS_PREFIX):
-        try:
-            g = _parse(o.key, store.get_range(o.key, 0, _MAX_CLAIM_BYTES))
-        except CloudckptError:
-            g = None
-        if g is None:
-            log.warning("ignoring malformed lineage record %s/%s", store.uri, o.key)
-            continue
-        out[g.number] = g
+        ck = (o.key, o.etag)
+        if ck not in cache:
+            try:
+                cache[ck] = _parse(o.key, store.get_range(o.key, 0, _MAX_CLAIM_BYTES))
+            except CloudckptError:
+                cache[ck] = None
+            if cache[ck] is None:
+                log.warning("ignoring malformed lineage record %s/%s", store.uri, o.key)
+        g = cache[ck]
+        if g is not None:
+            out[g.number] = g
     return out
 
 
@@ -150,7 +157,7 @@ def live_records(ctx: RunContext, records: list[CheckpointRecord] | None = None,
     Raises:
         StorageError: a listing failed.
     """
-    gens = read_generations(ctx.store)
+    gens = read_generations(ctx.store, ctx.index.claims)
     return lineage_of(ctx.records() if records is None else records, gens,
                       newest(gens) if of is None else of)
 
@@ -206,7 +213,7 @@ def prepare_commit(ctx: RunContext, state: LineageState, step: int) -> CommitPla
         AlreadyExists: no generation could be claimed.
         StorageError: the store failed.
     """
-    gens = read_generations(ctx.store)
+    gens = read_generations(ctx.store, ctx.index.claims)
     top = newest(gens)
     if state.generation is None:
         state.generation = _claim(ctx.store, state.parent, top + 1, ctx.clock) \
@@ -214,7 +221,7 @@ def prepare_commit(ctx: RunContext, state: LineageState, step: int) -> CommitPla
         if state.parent is not None:
             log.info("claimed lineage generation %d under %s (resumed from step %d of "
                      "generation %d)", state.generation, ctx.uri, *state.parent)
-            gens = read_generations(ctx.store)
+            gens = read_generations(ctx.store, ctx.index.claims)
             top = newest(gens)
     if top > state.generation:
         log.warning("not committing step %d to %s: generation %d resumed this run elsewhere "
