@@ -116,6 +116,21 @@ class Manifest:
         return sum(c.stored_size for c in self.chunks)
 
     @property
+    def added_bytes(self) -> int:
+        """Stored bytes of the distinct chunks in this checkpoint's own data objects: what
+        this save uploaded."""
+        return sum(c.stored_size for c in self._distinct_chunks() if not c.object.startswith("@"))
+
+    @property
+    def shared_bytes(self) -> int:
+        """Stored bytes of the distinct chunks referenced in other checkpoints' objects
+        (``@sibling/...``): what this save did not upload again."""
+        return sum(c.stored_size for c in self._distinct_chunks() if c.object.startswith("@"))
+
+    def _distinct_chunks(self) -> list[ChunkRecord]:
+        return list({(c.object, c.offset): c for c in self.chunks}.values())
+
+    @property
     def objects(self) -> list[str]:
         """Distinct data objects, in first-use order."""
         return list(dict.fromkeys(c.object for c in self.chunks))
