@@ -169,7 +169,7 @@ def test_unknown_versions_fields_and_codecs_are_rejected(tmp_path) -> None:  # t
     cloudckpt.save({"w": torch.arange(10)}, uri)
     good = open_store(uri).get(MANIFEST_KEY)
     head, _, body = good.partition(b"\n")
-    newer = head.replace(b'"format_version":1', b'"format_version":2')
+    newer = head.replace(b'"format_version":2', b'"format_version":3')
     with pytest.raises(CorruptCheckpoint, match="newer"):
         decode_manifest(newer + b"\n" + body)
     _forge(uri, lambda d: d.update(extra_field=1))

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from cloudckpt.engine.refs import local_key, resolver, standalone
 from cloudckpt.engine.trust import resolve_signer, resolve_verifier
 from cloudckpt.errors import (
     AlreadyExists,
@@ -30,6 +32,7 @@ from cloudckpt.errors import (
 from cloudckpt.format.keys import (
     DATA_PREFIX,
     MANIFEST_KEY,
+    REF_MARK,
     SAVE_ID_RE,
     SUPERSEDED_PREFIX,
     superseded_key,
@@ -193,10 +196,14 @@ def delete_checkpoint(store: Store) -> int:
 
 
 def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> Manifest:
+                    progress: Callable[[int], None] | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> Manifest:
     """Copy the committed checkpoint at ``src`` to ``dst`` (any two backends): data objects
     first (streamed, bounded memory), each size-checked, then the manifest last, create-only.
-    Re-running after an interruption completes the copy. Returns the manifest.
+    The copy stands alone: objects that ``src`` references in sibling checkpoints
+    (incremental saves) are copied into its own ``data/shared/`` and its manifest rewritten to
+    point there (signed with the environment's signing key, unsigned without one).
+    Re-running after an interruption completes the copy. Returns the copied manifest.
 
     Raises:
         AlreadyExists: ``dst`` holds a *different* committed checkpoint.
@@ -204,16 +211,31 @@ def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
     """
     manifest_bytes = read_manifest_bytes(src)
     manifest = decode_manifest(manifest_bytes)
-    for key in manifest.objects:
-        if key.startswith("@"):
-            raise CorruptCheckpoint(f"{src.uri}: sibling references cannot be copied alone")
-        size = copy_object(src, key, dst, key)
-        if dst.stat(key).size != size:
-            raise CorruptCheckpoint(f"copy of {src.uri}/{key} to {dst.uri} has the wrong size")
+    resolve = resolver(src, storage_options)
+    ends: dict[str, int] = {}
+    for c in manifest.chunks:
+        ends[c.object] = max(ends.get(c.object, 0), c.offset + c.stored_size)
+    for ref in manifest.objects:
+        store, key = resolve(ref)
+        if ref.startswith(REF_MARK):  # only the used head of a shared object (<= object size)
+            target = local_key(ref)
+            body = store.get_range(key, 0, ends[ref])
+            if len(body) != ends[ref]:
+                raise CorruptCheckpoint(f"{store.uri}/{key} is shorter than {src.uri} records")
+            dst.put(target, body)
+            size = len(body)
+        else:
+            target = ref
+            size = copy_object(store, key, dst, target)
+        if dst.stat(target).size != size:
+            raise CorruptCheckpoint(f"copy of {store.uri}/{key} to {dst.uri} has the wrong size")
         if storage_class:
-            dst.set_storage_class(key, storage_class)
+            dst.set_storage_class(target, storage_class)
         if progress is not None:
             progress(size)
+    if any(ref.startswith(REF_MARK) for ref in manifest.objects):
+        manifest = standalone(manifest)
+        manifest_bytes = encode_manifest(manifest, resolve_signer(None))
     try:
         dst.put(MANIFEST_KEY, manifest_bytes, create_only=True)
     except AlreadyExists:

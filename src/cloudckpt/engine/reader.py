@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,20 +19,20 @@ import torch
 
 from cloudckpt.engine.commit import read_manifest
 from cloudckpt.engine.pool import run_bounded
+from cloudckpt.engine.refs import resolver
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 from cloudckpt.format.checksums import decode_chunk
 from cloudckpt.format.dtypes import torch_dtype
+from cloudckpt.format.keys import REF_MARK
 from cloudckpt.format.manifest import Manifest, TensorRecord
 from cloudckpt.format.signing import Verifier
 from cloudckpt.format.tree import decode_tree, leaf_indices, select
 from cloudckpt.format.types import TypeRegistry
 from cloudckpt.storage import Store, open_store
-from cloudckpt.storage.uri import StoreURI
 
 __all__ = ["inspect", "load", "place", "read_leaves"]
 
 MiB = 1024 * 1024
-_SIBLING_PREFIX = "@"
 
 
 def inspect(uri: str | os.PathLike[str] | Store, *,
@@ -104,27 +103,9 @@ def _plan_runs(m: Manifest, needed: set[int]) -> list[_Run]:
 def _make_run(m: Manifest, ref: str, ids: list[int], obj_end: int) -> _Run:
     start = m.chunks[ids[0]].offset
     end = m.chunks[ids[-1]].offset + m.chunks[ids[-1]].stored_size
-    return _Run(ref, start, end, start == 0 and end == obj_end, tuple(ids))
-
-
-def _resolver(store: Store, storage_options: Mapping[str, Any] | None):  # type: ignore[no-untyped-def]
-    cache: dict[str, Store] = {}
-    lock = threading.Lock()
-
-    def resolve(ref: str) -> tuple[Store, str]:
-        if not ref.startswith(_SIBLING_PREFIX):
-            return store, ref
-        sibling, _, key = ref[1:].partition("/")
-        parsed: StoreURI | None = getattr(store, "parsed_uri", None)
-        if parsed is None or "/" not in parsed.prefix.strip("/"):
-            raise CorruptCheckpoint(f"{ref!r}: sibling references need a checkpoint below a prefix")
-        with lock:
-            if sibling not in cache:
-                parent = parsed.canonical.rstrip("/").rsplit("/", 1)[0]
-                cache[sibling] = open_store(f"{parent}/{sibling}", storage_options=storage_options)
-            return cache[sibling], key
-
-    return resolve
+    # a referenced object may hold more chunks than this manifest uses: never "whole"
+    whole = start == 0 and end == obj_end and not ref.startswith(REF_MARK)
+    return _Run(ref, start, end, whole, tuple(ids))
 
 
 def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
@@ -184,7 +165,7 @@ def read_leaves(m: Manifest, indices: list[int], store: Store, *,
         for seg in rec.segments:
             jobs.setdefault(seg.chunk, []).append((view, seg.offset, seg.length, pos, rec.path))
             pos += seg.length
-    _fetch_all(m, _plan_runs(m, set(jobs)), jobs, _resolver(store, storage_options), verify,
+    _fetch_all(m, _plan_runs(m, set(jobs)), jobs, resolver(store, storage_options), verify,
                memory_budget, max_workers, store.uri)
     return out
 

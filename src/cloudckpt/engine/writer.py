@@ -24,7 +24,14 @@ import torch
 
 from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
 from cloudckpt.engine.pool import run_bounded
-from cloudckpt.errors import AlreadyExists, CloudckptError, InvalidArgument, TransientStorageError
+from cloudckpt.engine.refs import parent_of
+from cloudckpt.errors import (
+    AlreadyExists,
+    CloudckptError,
+    CorruptCheckpoint,
+    InvalidArgument,
+    TransientStorageError,
+)
 from cloudckpt.format.checksums import checksum
 from cloudckpt.format.chunking import (
     ChunkPlan,
@@ -35,7 +42,8 @@ from cloudckpt.format.chunking import (
     segments_of,
 )
 from cloudckpt.format.codecs import check_compression, get_codec
-from cloudckpt.format.keys import MANIFEST_KEY, data_key
+from cloudckpt.format.dedup import DedupIndex
+from cloudckpt.format.keys import MANIFEST_KEY, REF_MARK, data_key
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
 from cloudckpt.format.signing import Signer
 from cloudckpt.format.tree import Leaf, encode_tree
@@ -62,6 +70,9 @@ class SaveInfo:
     chunks: int
     objects: int
     seconds: float
+    #: stored bytes this save uploaded, and stored bytes it references in other checkpoints
+    added_bytes: int = 0
+    shared_bytes: int = 0
 
     @property
     def ratio(self) -> float:
@@ -109,12 +120,17 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
          chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
          memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
          storage_class: str | None = None, signer: Signer | None = None,
-         types: TypeRegistry | None = None) -> SaveInfo:
+         types: TypeRegistry | None = None,
+         base: str | os.PathLike[str] | Store | None = None) -> SaveInfo:
     """Save ``state`` (nested dict/list/tuple of tensors, arrays and plain values) to ``uri``.
 
     ``compression``: ``"auto"`` (byte-grouped zstd for floats, zstd for the rest), ``"zstd"``,
     ``"none"``. ``metadata``: JSON-serialisable user data kept in the manifest.
     ``types``: a registry of extra types to store (see :mod:`cloudckpt.format.types`).
+    ``base``: a committed checkpoint under the same parent prefix as ``uri`` (a sibling, e.g.
+    ``s3://b/exp/v1`` for ``s3://b/exp/v2``): chunks equal to one of the base's are referenced,
+    not uploaded again, so the new checkpoint depends on the base's data: keep the base, or
+    ``cloudckpt cp`` the new one to make a copy that stands alone.
     ``overwrite``: replace a committed checkpoint at ``uri``; readers see either the old or
     the new one, never a mix. ``signer``: sign the manifest (default: the signing key in the
     environment, see :mod:`cloudckpt.engine.trust`; unsigned when there is none). Any thread
@@ -124,15 +140,22 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
     Raises:
         AlreadyExists: ``uri`` holds a committed checkpoint and ``overwrite`` is false.
         UnsupportedValue: a value cannot be saved (raised before anything is written).
-        InvalidArgument: bad sizes, compression or metadata.
+        InvalidArgument: bad sizes, compression or metadata; ``base`` is not a sibling.
+        NotFound, CorruptCheckpoint, UntrustedCheckpoint: ``base`` cannot be read.
         StorageError and subclasses: the store failed; nothing was committed.
     """
     tree, leaves = encode_tree(state, types=types)
+    dedup = ref_check = None
+    if base is not None:
+        store = open_store(uri, storage_options=storage_options)
+        dedup, ref_check = base_index(store, base, storage_options)
+        uri = store
     return write_encoded(tree, leaves, uri, compression=compression,
                          storage_options=storage_options, metadata=metadata, overwrite=overwrite,
                          chunk_size=chunk_size, object_size=object_size,
                          memory_budget=memory_budget, max_workers=max_workers,
-                         storage_class=storage_class, signer=signer)
+                         storage_class=storage_class, signer=signer, dedup=dedup,
+                         ref_check=ref_check)
 
 
 def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | Store, *,
@@ -140,10 +163,17 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
                   metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
                   memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
-                  storage_class: str | None = None, signer: Signer | None = None) -> SaveInfo:
+                  storage_class: str | None = None, signer: Signer | None = None,
+                  dedup: DedupIndex | None = None,
+                  ref_check: Callable[[frozenset[str]], bool] | None = None) -> SaveInfo:
     """Write an already encoded state (:func:`cloudckpt.format.tree.encode_tree`) and commit it.
     The background half of :func:`save`, for callers that snapshot the leaves first (async
-    saves). Same options and errors as :func:`save`."""
+    saves). Same options and errors as :func:`save`.
+
+    ``dedup``: chunks that may be referenced instead of uploaded. ``ref_check(refs)`` is
+    called right before the commit with the references the manifest holds; when it returns
+    false (a referenced checkpoint went away meanwhile), everything is written again without
+    references and the first attempt's data is discarded."""
     t0 = time.perf_counter()
     check_compression(compression)
     if min(chunk_size, object_size, memory_budget) <= 0:
@@ -152,16 +182,55 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
     store = open_store(uri, storage_options=storage_options)
     previous = _previous(store, overwrite)
 
+    opts = {"compression": compression, "chunk_size": chunk_size, "object_size": object_size,
+            "memory_budget": memory_budget, "max_workers": max_workers,
+            "storage_class": storage_class}
     save_id = new_save_id()
-    written = write_leaves(store, leaves, save_id, compression=compression,
-                           chunk_size=chunk_size, object_size=object_size,
-                           memory_budget=memory_budget, max_workers=max_workers,
-                           storage_class=storage_class)
+    written = write_leaves(store, leaves, save_id, dedup=dedup, **opts)  # type: ignore[arg-type]
+    refs = frozenset(c.object for c in written.chunks if c.object.startswith(REF_MARK))
+    if refs and ref_check is not None and not ref_check(refs):
+        first = [k for k in dict.fromkeys(c.object for c in written.chunks) if k not in refs]
+        save_id = new_save_id()
+        written = write_leaves(store, leaves, save_id, **opts)  # type: ignore[arg-type]
+        discard(store, first)
     manifest = new_manifest(save_id, tree, written.tensors, written.chunks, meta)
     commit_manifest(store, manifest, overwrite=overwrite, previous=previous, signer=signer)
     return SaveInfo(store.uri, save_id, manifest.raw_bytes, manifest.stored_bytes,
                     len(written.tensors), len(written.chunks), written.objects,
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0, manifest.added_bytes, manifest.shared_bytes)
+
+
+def base_index(store: Store, base: Any, storage_options: Mapping[str, Any] | None
+               ) -> tuple[DedupIndex, Callable[[frozenset[str]], bool]]:
+    """For ``save(..., base=base)`` into ``store``: the chunks of the committed checkpoint
+    ``base`` as references, and the check, right before the commit, that ``base`` is still
+    the same committed checkpoint.
+
+    Raises:
+        InvalidArgument: ``base`` is not a sibling of ``store`` under the same parent prefix.
+        NotFound, IncompleteCheckpoint, CorruptCheckpoint, UntrustedCheckpoint: ``base``
+            cannot be read.
+    """
+    base_store = base if isinstance(base, Store) else open_store(base,
+                                                                 storage_options=storage_options)
+    try:
+        (parent, _), (bparent, bname) = (parent_of(store, storage_options),
+                                         parent_of(base_store, storage_options))
+    except CorruptCheckpoint:
+        parent = bparent = None  # type: ignore[assignment]
+    if parent is None or bparent is None or parent.uri.rstrip("/") != bparent.uri.rstrip("/"):
+        raise InvalidArgument(f"base {base_store.uri} must be a checkpoint under the same parent "
+                              f"prefix as {store.uri} (e.g. .../exp/v1 for .../exp/v2)")
+    m = read_manifest(base_store)
+
+    def still_there(_refs: frozenset[str]) -> bool:
+        try:
+            return read_manifest(base_store).save_id == m.save_id
+        except Exception:
+            return False
+
+    return DedupIndex.of([(bname, m)]), still_there
+
 
 
 def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -190,10 +259,13 @@ def _previous(store: Store, overwrite: bool) -> Manifest | None:
 def write_leaves(store: Store, leaves: list[Leaf], save_id: str, *, compression: str = "auto",
                  chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
-                 storage_class: str | None = None) -> WrittenLeaves:
+                 storage_class: str | None = None,
+                 dedup: DedupIndex | None = None) -> WrittenLeaves:
     """Plan, encode, checksum and upload ``leaves`` as data objects under
     ``data/<save_id>/``, at most ``memory_budget`` bytes in flight; commits nothing. Shared by
     :func:`write_encoded` and the DCP writer (each rank calls it with its own ``save_id``).
+    A chunk found in ``dedup`` is recorded as a reference and not uploaded (its raw digest is
+    computed anyway, for the manifest: a save where nothing is shared costs nothing more).
     On failure the objects written so far are discarded.
 
     Raises:
@@ -202,20 +274,21 @@ def write_leaves(store: Store, leaves: list[Leaf], save_id: str, *, compression:
     infos = [leaf_info(leaf.value) for leaf in leaves]
     chunks = plan_chunks(infos, compression, chunk_size)
     groups = plan_objects(chunks, object_size)
-    records = _write_objects(store, leaves, chunks, groups, save_id, object_size, memory_budget,
-                             max_workers, storage_class)
+    records, objects = _write_objects(store, leaves, chunks, groups, save_id, object_size,
+                                      memory_budget, max_workers, storage_class, dedup)
     tensors = tuple(
         TensorRecord(leaf.path, "torch" if isinstance(leaf.value, torch.Tensor) else "numpy",
                      dtype_name(leaf.value.dtype), tuple(leaf.value.shape), infos[i].nbytes,
                      _device(leaf), tuple(Segment(*seg) for seg in segs))
         for i, (leaf, segs) in enumerate(zip(leaves, segments_of(chunks, len(leaves)),
                                              strict=True)))
-    return WrittenLeaves(tuple(records), tensors, len(groups))
+    return WrittenLeaves(tuple(records), tensors, objects)
 
 
 def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
                    groups: list[list[int]], save_id: str, object_size: int, memory_budget: int,
-                   max_workers: int | None, storage_class: str | None) -> list[ChunkRecord]:
+                   max_workers: int | None, storage_class: str | None,
+                   dedup: DedupIndex | None) -> tuple[list[ChunkRecord], int]:
     readers = [_byte_reader(leaf.value) for leaf in leaves]
     # per task: encoded parts, then the joined body (parts freed), plus plane scratch and the
     # HTTP client's buffers: budget three object sizes each
@@ -233,20 +306,25 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
             plan = chunks[ci]
             pieces = [readers[li](s, e) for li, s, e in plan.pieces]
             raw = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
-            codec = get_codec(plan.codec)
-            enc = codec.encode(raw, plan.itemsize)
-            stored_sum = checksum(enc)
-            raw_sum = stored_sum if plan.codec == "none" else checksum(raw)
+            raw_sum = checksum(raw)
+            hit = dedup.lookup(raw_sum, len(raw), plan.codec, plan.itemsize) if dedup else None
+            if hit is not None:
+                recs.append(hit)
+                continue
+            enc = get_codec(plan.codec).encode(raw, plan.itemsize)
+            stored_sum = raw_sum if plan.codec == "none" else checksum(enc)
             recs.append(ChunkRecord(key, offset, len(enc), len(raw), plan.codec, plan.itemsize,
                                     stored_sum, raw_sum))
             parts.append(enc)
             offset += len(enc)
+        results[n] = recs
+        if not parts:  # every chunk of this object is a reference
+            return
         body = b"".join(parts)
         parts.clear()  # hold one copy of the encoded object while it uploads, not two
         store.put(key, body, storage_class=storage_class)
         del body
         written.append(key)
-        results[n] = recs
 
     err = run_bounded(task, range(len(groups)), in_flight=in_flight, workers=workers,
                       name="cloudckpt-save")
@@ -259,4 +337,4 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
         elif isinstance(err, Exception):  # a real crash (BaseException) cleans nothing up
             discard(store, written)
         raise err
-    return [r for group in results for r in (group or [])]
+    return [r for group in results for r in (group or [])], len(written)

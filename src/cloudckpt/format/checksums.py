@@ -1,5 +1,11 @@
-"""Chunk checksums (xxh3-64, hex) and the one place a stored chunk is checked and decoded.
-Pure: callers bring the bytes."""
+"""Chunk checksums and the one place a stored chunk is checked and decoded. Pure: callers
+bring the bytes.
+
+New saves record xxh3-128 (32 hex digits): the raw checksum doubles as the content address
+that incremental saves deduplicate by (:mod:`cloudckpt.format.dedup`), where 64 bits would
+leave accidental collisions within reach of very large runs. Manifests written before record
+xxh3-64 (16 hex digits); both are verified by the length of the recorded digest.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +18,22 @@ from cloudckpt.errors import CorruptCheckpoint
 from cloudckpt.format.codecs import get_codec
 from cloudckpt.format.manifest import ChunkRecord
 
-__all__ = ["checksum", "decode_chunk"]
+__all__ = ["checksum", "decode_chunk", "matches"]
+
+Buffer = bytes | memoryview | np.ndarray[Any, Any]
 
 
-def checksum(data: bytes | memoryview | np.ndarray[Any, Any]) -> str:
-    """The xxh3-64 hex digest the manifest records for ``data``. Any caller."""
-    return xxhash.xxh3_64_hexdigest(data)  # type: ignore[arg-type]  # ndarray is a buffer
+def checksum(data: Buffer) -> str:
+    """The xxh3-128 hex digest new manifests record for ``data``. Any caller."""
+    return xxhash.xxh3_128_hexdigest(data)  # type: ignore[arg-type]  # ndarray is a buffer
+
+
+def matches(data: Buffer, recorded: str) -> bool:
+    """Whether ``data`` has the digest ``recorded`` (xxh3-128 for 32 hex digits, xxh3-64 for
+    16, as older manifests record). Any caller."""
+    if len(recorded) == 16:
+        return xxhash.xxh3_64_hexdigest(data) == recorded  # type: ignore[arg-type]
+    return checksum(data) == recorded
 
 
 def decode_chunk(c: ChunkRecord, stored: bytes | memoryview, *, verify: bool = True,
@@ -32,7 +48,7 @@ def decode_chunk(c: ChunkRecord, stored: bytes | memoryview, *, verify: bool = T
     """
     if len(stored) != c.stored_size:
         raise CorruptCheckpoint(f"is {len(stored)} bytes where {c.stored_size} were recorded")
-    if verify and checksum(stored) != c.stored_xxh3:
+    if verify and not matches(stored, c.stored_xxh3):
         raise CorruptCheckpoint("stored bytes fail their checksum")
     codec = get_codec(c.codec)
     try:
@@ -43,6 +59,6 @@ def decode_chunk(c: ChunkRecord, stored: bytes | memoryview, *, verify: bool = T
             raw = np.frombuffer(codec.decode(stored, c.raw_size, c.itemsize), dtype=np.uint8)
     except CorruptCheckpoint as e:
         raise CorruptCheckpoint(f"cannot be decoded ({e})") from e
-    if verify and c.codec != "none" and checksum(raw) != c.raw_xxh3:
+    if verify and c.codec != "none" and not matches(raw, c.raw_xxh3):
         raise CorruptCheckpoint("decoded bytes fail their checksum")
     return raw

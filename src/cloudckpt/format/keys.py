@@ -18,6 +18,15 @@ Under a run root (the manager's layout)::
     quarantine/step-000000000100.json            ``cloudckpt repair`` found that checkpoint
                                                  damaged beyond repair (restore and retention
                                                  skip it)
+    released/<time>-<id>.json                    data objects no committed manifest references
+                                                 any more, no longer to be referenced; deleted
+                                                 once the grace period has passed (see
+                                                 cloudckpt.manager.sharing)
+
+A chunk of a manifest lives in the checkpoint's own data (``data/<save_id>/<n>.bin``) or is a
+*reference* ``@<sibling>/<key>`` to an object of another checkpoint under the same parent
+prefix (the run root): ``@step-000000000100/data/<save_id>/000003.bin``. References never
+leave the parent prefix (:func:`run_key`).
 
 Keys are relative POSIX paths that can never leave the root they are relative to.
 """
@@ -34,6 +43,8 @@ __all__ = [
     "GENERATION_RE",
     "MANIFEST_KEY",
     "QUARANTINE_PREFIX",
+    "REF_MARK",
+    "RELEASED_PREFIX",
     "SAVE_ID_RE",
     "STEP_RE",
     "SUPERSEDED_PREFIX",
@@ -45,6 +56,9 @@ __all__ = [
     "parse_step_dir",
     "pin_key",
     "quarantine_key",
+    "ref_to",
+    "released_key",
+    "run_key",
     "step_dir",
     "superseded_key",
     "tier_key",
@@ -135,3 +149,31 @@ QUARANTINE_PREFIX = "quarantine"
 def quarantine_key(step: int) -> str:
     """The marker saying the checkpoint of ``step`` is quarantined (damaged beyond repair)."""
     return f"{QUARANTINE_PREFIX}/{step_dir(step)}.json"
+
+
+RELEASED_PREFIX = "released"
+REF_MARK = "@"
+
+
+def released_key(token: str) -> str:
+    """A release record (``token``: a sortable time and a unique id)."""
+    return join_key(RELEASED_PREFIX, f"{token}.json")
+
+
+def run_key(checkpoint: str, ref: str) -> str:
+    """The key, relative to the parent prefix (the run root), of the object that chunk
+    reference ``ref`` in the manifest of checkpoint ``checkpoint`` (its name under the parent)
+    points at. Pure; any caller.
+
+    Raises:
+        InvalidKey: ``ref`` or ``checkpoint`` would leave the parent prefix.
+    """
+    if ref.startswith(REF_MARK):
+        return validate_key(ref[1:])
+    return join_key(validate_key(checkpoint), ref)
+
+
+def ref_to(key: str) -> str:
+    """The chunk reference to the object at ``key`` (relative to the parent prefix), for a
+    manifest of any checkpoint under that prefix. Pure; any caller."""
+    return REF_MARK + validate_key(key)

@@ -2,7 +2,7 @@
 
 File layout (``manifest.json``)::
 
-    {"format":"cloudckpt-manifest","format_version":1,"body_length":N,"body_sha256":"..."}\\n
+    {"format":"cloudckpt-manifest","format_version":2,"body_length":N,"body_sha256":"..."}\\n
     <body: N bytes of compact JSON>
 
 The header line makes every single-byte change detectable: the body is covered by SHA-256, and
@@ -42,8 +42,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "cloudckpt-manifest"
-FORMAT_VERSION = 1
-_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+FORMAT_VERSION = 2
+#: versions this code reads: 1 (xxh3-64 digests), 2 (xxh3-128 digests, chunk references)
+READABLE_VERSIONS = (1, 2)
+_DIGEST = re.compile(r"^(?:[0-9a-f]{16}|[0-9a-f]{32})$")  # xxh3-64 (v1) or xxh3-128
 _DEVICE = re.compile(r"^[a-z][a-z0-9_]{0,15}(:[0-9]{1,5})?$")
 _DTYPE = re.compile(r"^[A-Za-z0-9_<>|=]{1,32}$")
 #: Format limits: a manifest, a chunk and the dimensions of a tensor never exceed these.
@@ -217,7 +219,7 @@ def _chunk(v: Any, i: int) -> ChunkRecord:
         raise _fail(f"chunk {i} is larger than the format allows ({MAX_CHUNK_BYTES} bytes)")
     if not is_known_codec(c.codec):
         raise _fail(f"chunk {i} has unknown codec {c.codec!r}")
-    if not (_HEX16.match(c.stored_xxh3) and _HEX16.match(c.raw_xxh3)):
+    if not (_DIGEST.match(c.stored_xxh3) and _DIGEST.match(c.raw_xxh3)):
         raise _fail(f"chunk {i} has malformed checksums")
     return c
 
@@ -300,7 +302,7 @@ def decode_manifest(data: bytes, verifier: Verifier | None = None) -> Manifest:
     if isinstance(header, dict) and "signature" in header:
         keys.add("signature")
     header = _exact_keys(header, keys, "header")
-    if header["format"] != FORMAT_NAME or header["format_version"] != FORMAT_VERSION:
+    if header["format"] != FORMAT_NAME or header["format_version"] not in READABLE_VERSIONS:
         raise _fail(f"unsupported format {header['format']!r} v{header['format_version']!r}")
     if header["body_length"] != len(body):
         raise _fail(f"body is {len(body)} bytes, header says {header['body_length']!r} (truncated?)")
@@ -321,7 +323,8 @@ def decode_manifest(data: bytes, verifier: Verifier | None = None) -> Manifest:
         raise _fail("metadata must be an object")
     m = Manifest(save_id=_str(d["save_id"], "save_id"), created=_str(d["created"], "created"),
                  library_version=_str(d["library_version"], "library_version"), tree=d["tree"],
-                 tensors=tensors, chunks=chunks, metadata=d["metadata"], signature=signature,
+                 tensors=tensors, chunks=chunks, metadata=d["metadata"],
+                 format_version=header["format_version"], signature=signature,
                  signature_verified=verified)
     totals = _exact_keys(d["totals"], {"raw_bytes", "stored_bytes", "tensors", "chunks"}, "totals")
     if totals != {"raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes,
