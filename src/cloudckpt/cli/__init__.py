@@ -1,8 +1,8 @@
 """The ``cloudckpt`` command line: see, check, move and clean checkpoints without Python.
 
 Commands: ``ls``, ``show``, ``verify``, ``diff``, ``gc``, ``rm``, ``archive``, ``cp``,
-``export``, ``import``, ``average``, ``repair``, ``demo``. ``--json`` on listing commands prints
-machine-readable output;
+``export``, ``import``, ``average``, ``repair``, ``report``, ``demo``. ``--json`` on listing
+commands prints machine-readable output;
 data-moving commands show a progress bar on a terminal. Errors are one line (``--debug`` for a
 traceback).
 
@@ -48,7 +48,14 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from cloudckpt.cli import average_cmds, convert_cmds, inspect_cmds, manage_cmds, repair_cmds
+    from cloudckpt.cli import (
+        average_cmds,
+        convert_cmds,
+        inspect_cmds,
+        manage_cmds,
+        repair_cmds,
+        report_cmds,
+    )
 
     p = argparse.ArgumentParser(prog="cloudckpt", description=__doc__.split("\n\n")[0],
                                 epilog="exit status: 0 ok, 1 problems found, 2 usage, 3 not found,"
@@ -57,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--storage-options", type=json.loads, default=None, metavar="JSON",
                    help="fsspec storage options for the (source) URI, as JSON")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (inspect_cmds, manage_cmds, convert_cmds, average_cmds, repair_cmds):
+    for module in (inspect_cmds, manage_cmds, convert_cmds, average_cmds, repair_cmds,
+                   report_cmds):
         module.register(sub)
     demo = sub.add_parser("demo", help="train, checkpoint, get killed, resume (the main job)",
                           add_help=False)
