@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cloudckpt.engine.commit import read_manifest
+from cloudckpt.engine.keyselect import select_keys
 from cloudckpt.engine.pool import run_bounded
 from cloudckpt.engine.refs import resolver
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
@@ -26,7 +27,7 @@ from cloudckpt.format.dtypes import torch_dtype
 from cloudckpt.format.keys import REF_MARK
 from cloudckpt.format.manifest import Manifest, TensorRecord
 from cloudckpt.format.signing import Verifier
-from cloudckpt.format.tree import decode_tree, leaf_indices, select
+from cloudckpt.format.tree import decode_tree, leaf_indices
 from cloudckpt.format.types import TypeRegistry
 from cloudckpt.storage import Store, open_store
 
@@ -118,7 +119,11 @@ def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
     ``map_location``: device for torch tensors (``"cpu"``, ``"cuda:0"``, a ``torch.device``),
     or ``None`` for the device each tensor was saved from when it exists here (else CPU).
     ``keys``: ``/``-separated dict keys of sub-trees to load (``["model"]``,
-    ``["optimizer/state"]``); only their bytes are fetched. ``verify``: check stored and decoded
+    ``["optimizer/state"]``); only their bytes are fetched. A segment matches the entry of that
+    name or, when there is none, every entry named ``<segment>.*`` (a dotted prefix, so
+    ``keys=["encoder"]`` on a flat ``state_dict`` selects ``"encoder.layer.0.weight"``...,
+    not ``"encoder2.weight"``; ``"encoder."`` forces the prefix); entries keep their full
+    names. The exact rule: :mod:`cloudckpt.engine.keyselect`. ``verify``: check stored and decoded
     checksums (sizes are always checked). ``types``: the registry of extra types the state was
     saved with (see :mod:`cloudckpt.format.types`). ``verifier``: require a valid manifest signature
     (default: the verification keys in the environment, see :mod:`cloudckpt.engine.trust`).
@@ -128,12 +133,12 @@ def load(uri: str | os.PathLike[str] | Store, *, map_location: Any = "cpu",
         NotFound: nothing at ``uri``. IncompleteCheckpoint: data without a committed manifest.
         CorruptCheckpoint: a checksum, size or manifest check failed; names object and tensor.
         UntrustedCheckpoint: a verification key is set and the signature is missing or bad.
-        InvalidArgument: a key in ``keys`` is not in the checkpoint.
+        InvalidArgument: a key in ``keys`` selects nothing, or ``keys`` is malformed.
     """
     store = open_store(uri, storage_options=storage_options)
     m = read_manifest(store, verifier)
     try:
-        tree = select(m.tree, keys) if keys else m.tree
+        tree = select_keys(m.tree, keys) if keys is not None else m.tree
     except KeyError as e:
         raise InvalidArgument(f"{store.uri}: {e.args[0]}") from None
     need = leaf_indices(tree)
