@@ -153,8 +153,9 @@ def test_a_renamed_state_file_is_detected(monkeypatch: pytest.MonkeyPatch) -> No
 def test_the_package_exports_the_same_public_names() -> None:
     import cloudckpt.integrations.hf as hf
 
-    names = {"STATE_KEY", "CloudckptCallback", "CloudckptTrainer", "HFRotation",
-             "trainer_state_from_dict", "trainer_state_to_dict"}
+    names = {"STATE_KEY", "CONFIG_KEY", "CloudckptCallback", "CloudckptTrainer", "HFRotation",
+             "trainer_state_from_dict", "trainer_state_to_dict", "export_pretrained",
+             "download_checkpoint", "HFCheckpointDir"}
     assert set(hf.__all__) == names
     for name in names:
         assert getattr(hf, name) is not None, name

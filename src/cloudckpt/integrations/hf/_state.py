@@ -15,13 +15,11 @@ from typing import Any
 from transformers import TrainerState
 
 from cloudckpt.errors import InvalidArgument, UnsupportedValue
+from cloudckpt.integrations.hf._names import STATE_KEY
 
 __all__ = ["STATE_KEY", "trainer_state_from_dict", "trainer_state_to_dict"]
 
 log = logging.getLogger("cloudckpt.integrations.hf")
-
-#: Key under the checkpoint's ``extra`` holding the ``TrainerState``.
-STATE_KEY = "hf_trainer_state"
 
 
 def trainer_state_to_dict(state: Any) -> dict[str, Any]:

@@ -13,6 +13,9 @@ these ``Trainer`` methods (signatures as in transformers 5.24):
   called by the training loop once the optimizer and scaler exist;
 * ``_load_rng_state(self, checkpoint)``: called from the epoch loop where the data position is
   restored;
+* ``_load_best_model(self)``: called at the end of training with ``load_best_model_at_end``
+  when ``state.best_model_checkpoint`` is set (ours is the best checkpoint's URI, which the
+  ``Trainer`` would look for as a local directory and warn that it cannot find);
 * and the public ``train(self, resume_from_checkpoint=None, trial=None,
   ignore_keys_for_eval=None)``, which ``CloudckptTrainer`` overrides.
 
@@ -52,9 +55,10 @@ from packaging.version import InvalidVersion, Version
 from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 
-import cloudckpt
+from cloudckpt.engine.reader import load
 from cloudckpt.errors import CloudckptError, InvalidArgument
 from cloudckpt.manager.state import restore_rng
+from cloudckpt.storage import Store
 
 if TYPE_CHECKING:
     from cloudckpt.integrations.hf.callback import CloudckptCallback
@@ -75,6 +79,7 @@ OVERRIDDEN: dict[str, str] = {
     "_load_optimizer_and_scheduler": "(self, checkpoint)",
     "_load_scaler": "(self, checkpoint)",
     "_load_rng_state": "(self, checkpoint)",
+    "_load_best_model": "(self)",
     "train": "(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None)",
 }
 
@@ -190,16 +195,26 @@ check_transformers()
 
 @dataclass
 class _Resume:
-    """The cloud checkpoint a ``CloudckptTrainer.train`` call resumes from."""
+    """The cloud checkpoint a ``CloudckptTrainer.train`` call resumes from: the object states
+    the manager's restore read (``trees``: ``model``, ``optimizer``, ``lr_scheduler``,
+    ``scaler``; each handed out once, then dropped to free memory), and where to read more
+    (``store``: its RNG states, or a state asked for again)."""
 
     local_dir: str
     uri: str
-    storage_options: Any
+    store: Store
+    trees: dict[str, Any]
+
+    def take(self, name: str) -> Any:
+        """The saved state of object ``name``; ``None`` if it was not saved."""
+        if name in self.trees:
+            return self.trees.pop(name)
+        return self.load(f"objects/{name}")  # asked again (auto_find_batch_size retries)
 
     def load(self, key: str) -> Any:
-        """The sub-tree at ``key`` (``"objects/optimizer"``); ``None`` if it was not saved."""
+        """The sub-tree at ``key`` (``"rng"``); ``None`` if it was not saved."""
         try:
-            tree = cloudckpt.load(self.uri, keys=[key], storage_options=self.storage_options)
+            tree = load(self.store, keys=[key])
         except InvalidArgument:  # the key is not in this checkpoint
             return None
         for part in key.split("/"):
@@ -224,8 +239,10 @@ class TrainerHooks(Trainer):  # type: ignore[misc, unused-ignore]
 
     # -- saving ---------------------------------------------------------------------------
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Replaces the ``Trainer``'s local checkpoint write: commits the step to the URI.
-        Called by the ``Trainer`` when it decides to save.
+        """Replaces the ``Trainer``'s local checkpoint write: commits the step to the URI,
+        with ``state.best_model_checkpoint`` set to the best step's URI first (as the
+        ``Trainer`` sets it to the best local directory). Called by the ``Trainer`` when it
+        decides to save.
 
         Raises:
             InvalidArgument: inside a hyperparameter-search trial (not supported).
@@ -237,6 +254,11 @@ class TrainerHooks(Trainer):  # type: ignore[misc, unused-ignore]
             self.store_flos()
         if not self.args.should_save:
             return
+        best = self.state.best_global_step
+        if best and best == self.state.global_step \
+                and self.args.save_strategy in ("steps", "epoch", "best"):
+            mgr = self.cloudckpt.manager(self.args)
+            self.state.best_model_checkpoint = mgr.context.step_store(best).uri
         saved = cast(dict[str, Any], self.state.stateful_callbacks)  # a dict at runtime
         for cb in [c for c in [*self.callback_handler.callbacks, self.control]
                    if isinstance(c, ExportableState)]:  # as Trainer._save_checkpoint does
@@ -249,19 +271,34 @@ class TrainerHooks(Trainer):  # type: ignore[misc, unused-ignore]
                             lr_scheduler=self.lr_scheduler,
                             scaler=getattr(self.accelerator, "scaler", None))
 
+    def _load_best_model(self) -> None:
+        """Load the best checkpoint's weights from the URI (after every pending save has
+        committed); a local directory keeps the ``Trainer``'s own loader. Called by the
+        ``Trainer`` at the end of training with ``load_best_model_at_end``.
+
+        Raises:
+            As :meth:`CloudckptCallback.load_best`.
+        """
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.isdir(best):
+            super()._load_best_model()
+            return
+        self.cloudckpt.load_best(self.args, self.state, self.model)
+
     # -- resuming -------------------------------------------------------------------------
-    def _train_from_cloud(self, step: int, uri: str, storage_options: Any,
+    def _train_from_cloud(self, step: int, resume: tuple[str, Store, dict[str, Any]],
                           hf_state: dict[str, Any], *, trial: Any,
                           ignore_keys_for_eval: list[str] | None) -> Any:
-        """``Trainer.train`` resuming from the checkpoint at ``uri``: its ``TrainerState`` is
-        written where ``train`` reads it (``<tmp>/checkpoint-<step>/trainer_state.json``), and
-        the loaders below serve the rest from ``uri`` when given that directory."""
+        """``Trainer.train`` resuming from the checkpoint ``resume`` (its URI, store and the
+        object states already read): its ``TrainerState`` is written where ``train`` reads it
+        (``<tmp>/checkpoint-<step>/trainer_state.json``), and the loaders below serve the rest
+        when given that directory."""
         with tempfile.TemporaryDirectory(prefix="cloudckpt-hf-") as tmp:
             local = os.path.join(tmp, f"checkpoint-{step}")
             os.mkdir(local)
             with open(os.path.join(local, STATE_FILE), "w", encoding="utf-8") as f:
                 f.write(json.dumps(hf_state, indent=2, sort_keys=True) + "\n")
-            self._cloudckpt_resume = _Resume(local, uri, storage_options)
+            self._cloudckpt_resume = _Resume(local, *resume)
             try:
                 return super().train(resume_from_checkpoint=local, trial=trial,
                                      ignore_keys_for_eval=ignore_keys_for_eval)
@@ -276,6 +313,7 @@ class TrainerHooks(Trainer):  # type: ignore[misc, unused-ignore]
         """Load the model weights of the checkpoint being resumed. Called by ``Trainer.train``.
 
         Raises:
+            InvalidArgument: the checkpoint holds no model, or there is no model.
             RuntimeError: the weights do not fit the model (``load_state_dict``).
         """
         r = self._ours(resume_from_checkpoint)
@@ -285,7 +323,10 @@ class TrainerHooks(Trainer):  # type: ignore[misc, unused-ignore]
         target = model if model is not None else self.model
         if target is None:
             raise InvalidArgument("CloudckptTrainer: no model to load the checkpoint into")
-        target.load_state_dict(r.load("objects/model"))
+        weights = r.take("model")
+        if weights is None:
+            raise InvalidArgument(f"{r.uri} holds no model weights")
+        target.load_state_dict(weights)
         log.info("loaded model weights from %s", r.uri)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -295,7 +336,7 @@ class TrainerHooks(Trainer):  # type: ignore[misc, unused-ignore]
         if r is None:
             super()._load_optimizer_and_scheduler(checkpoint)
             return
-        opt, sched = r.load("objects/optimizer"), r.load("objects/lr_scheduler")
+        opt, sched = r.take("optimizer"), r.take("lr_scheduler")
         if opt is not None and sched is not None \
                 and self.optimizer is not None and self.lr_scheduler is not None:
             self.optimizer.load_state_dict(opt)
@@ -308,10 +349,9 @@ class TrainerHooks(Trainer):  # type: ignore[misc, unused-ignore]
             super()._load_scaler(checkpoint)
             return
         scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
-            st = r.load("objects/scaler")
-            if st is not None:
-                scaler.load_state_dict(st)
+        st = r.take("scaler")
+        if scaler is not None and st is not None:
+            scaler.load_state_dict(st)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         """Restore the Python, NumPy, torch (and CUDA) RNG states at the point where the
