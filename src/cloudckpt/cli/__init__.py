@@ -1,8 +1,8 @@
 """The ``cloudckpt`` command line: see, check, move and clean checkpoints without Python.
 
 Commands: ``ls``, ``show``, ``verify``, ``diff``, ``gc``, ``rm``, ``archive``, ``cp``,
-``export``, ``import``, ``average``, ``repair``, ``report``, ``demo``. ``--json`` on listing
-commands prints machine-readable output;
+``export``, ``import``, ``average``, ``repair``, ``report``, ``download``, ``demo``. ``--json``
+on listing commands prints machine-readable output;
 data-moving commands show a progress bar on a terminal. Errors are one line (``--debug`` for a
 traceback).
 
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     from cloudckpt.cli import (
         average_cmds,
         convert_cmds,
+        download_cmds,
         inspect_cmds,
         manage_cmds,
         repair_cmds,
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="fsspec storage options for the (source) URI, as JSON")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (inspect_cmds, manage_cmds, convert_cmds, average_cmds, repair_cmds,
-                   report_cmds):
+                   report_cmds, download_cmds):
         module.register(sub)
     demo = sub.add_parser("demo", help="train, checkpoint, get killed, resume (the main job)",
                           add_help=False)
