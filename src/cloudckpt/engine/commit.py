@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from cloudckpt.engine.refs import local_key, resolver, standalone
@@ -65,7 +65,8 @@ def discard(store: Store, keys: Iterable[str]) -> None:
 
 def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False,
                     previous: Manifest | None = None, signer: Signer | None = None,
-                    grace: float = SUPERSEDED_GRACE, now: float | None = None) -> None:
+                    grace: float = SUPERSEDED_GRACE, now: float | None = None,
+                    protect: Collection[str] = ()) -> None:
     """Make ``manifest`` the committed checkpoint at ``store``: one create-only write (a plain
     write when ``overwrite``), signed by ``signer`` (or the environment's signing key, see
     :mod:`cloudckpt.engine.trust`). Call once, from the one process that owns the save, after
@@ -75,7 +76,8 @@ def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False
     the old manifest may still be fetching it. Its data prefix is marked superseded (a
     ``superseded/<save_id>`` object), and the data of saves superseded more than ``grace``
     seconds ago is deleted (:func:`sweep_superseded`). Only ``data/<save_id>/`` objects of
-    those saves are ever deleted here, never a manifest.
+    those saves are ever deleted here, never a manifest, never a key in ``protect`` (data
+    that other checkpoints reference).
 
     Raises:
         AlreadyExists: another save committed first (``overwrite`` false); this save's data
@@ -104,7 +106,7 @@ def commit_manifest(store: Store, manifest: Manifest, *, overwrite: bool = False
             store.put(superseded_key(previous.save_id), b"{}")
     with contextlib.suppress(Exception):
         sweep_superseded(store, grace, time.time() if now is None else now,
-                         keep=manifest.save_id)
+                         keep=manifest.save_id, protect=protect)
 
 
 def _landed(store: Store, body: bytes) -> bool | None:
@@ -118,9 +120,11 @@ def _landed(store: Store, body: bytes) -> bool | None:
         return None
 
 
-def sweep_superseded(store: Store, grace: float, now: float, keep: str | None = None) -> int:
+def sweep_superseded(store: Store, grace: float, now: float, keep: str | None = None,
+                     protect: Collection[str] = ()) -> int:
     """Delete the data of saves superseded (overwritten) more than ``grace`` seconds before
-    ``now``, and their markers; ``keep`` (the committed save) is never touched. Returns the
+    ``now``, and their markers; ``keep`` (the committed save) and keys in ``protect`` are
+    never touched. Returns the
     number of objects deleted. Safe to interrupt and re-run. Any caller.
 
     Raises:
@@ -133,7 +137,7 @@ def sweep_superseded(store: Store, grace: float, now: float, keep: str | None = 
             continue
         if marker.mtime is not None and now - marker.mtime.timestamp() < grace:
             continue
-        keys = [o.key for o in store.list(f"{DATA_PREFIX}/{save_id}")]
+        keys = [o.key for o in store.list(f"{DATA_PREFIX}/{save_id}") if o.key not in protect]
         store.delete_many(keys)
         store.delete(marker.key)
         deleted += len(keys) + 1

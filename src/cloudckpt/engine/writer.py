@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -165,7 +165,8 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
                   memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
                   storage_class: str | None = None, signer: Signer | None = None,
                   dedup: DedupIndex | None = None,
-                  ref_check: Callable[[frozenset[str]], bool] | None = None) -> SaveInfo:
+                  ref_check: Callable[[frozenset[str]], bool] | None = None,
+                  protect: Collection[str] = ()) -> SaveInfo:
     """Write an already encoded state (:func:`cloudckpt.format.tree.encode_tree`) and commit it.
     The background half of :func:`save`, for callers that snapshot the leaves first (async
     saves). Same options and errors as :func:`save`.
@@ -173,7 +174,8 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
     ``dedup``: chunks that may be referenced instead of uploaded. ``ref_check(refs)`` is
     called right before the commit with the references the manifest holds; when it returns
     false (a referenced checkpoint went away meanwhile), everything is written again without
-    references and the first attempt's data is discarded."""
+    references and the first attempt's data is discarded. ``protect``: keys of the replaced
+    checkpoint's data (``overwrite``) that other checkpoints reference: never swept."""
     t0 = time.perf_counter()
     check_compression(compression)
     if min(chunk_size, object_size, memory_budget) <= 0:
@@ -194,7 +196,8 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
         written = write_leaves(store, leaves, save_id, **opts)  # type: ignore[arg-type]
         discard(store, first)
     manifest = new_manifest(save_id, tree, written.tensors, written.chunks, meta)
-    commit_manifest(store, manifest, overwrite=overwrite, previous=previous, signer=signer)
+    commit_manifest(store, manifest, overwrite=overwrite, previous=previous, signer=signer,
+                    protect=protect)
     return SaveInfo(store.uri, save_id, manifest.raw_bytes, manifest.stored_bytes,
                     len(written.tensors), len(written.chunks), written.objects,
                     time.perf_counter() - t0, manifest.added_bytes, manifest.shared_bytes)

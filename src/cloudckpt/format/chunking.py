@@ -1,9 +1,11 @@
 """Plan how leaves are cut into chunks and chunks grouped into data objects. Pure functions.
 
-Large leaves are cut into chunks of ``chunk_size`` bytes (aligned to the element size); small
-ones are packed together with others of the same codec and element size, so 10,000 tiny
-tensors become a handful of chunks. Chunks are grouped in order into objects of about
-``object_size`` raw bytes.
+Leaves of at least ``PACK_LIMIT`` bytes get chunks of their own, cut at multiples of
+``chunk_size`` from their start (aligned to the element size), so the same tensor is cut the
+same way in every save and its unchanged regions keep their chunks (incremental saves share
+them, :mod:`cloudckpt.format.dedup`). Smaller leaves are packed together with others of the
+same codec and element size, so 10,000 tiny tensors become a handful of chunks. Chunks are
+grouped in order into objects of about ``object_size`` raw bytes.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ChunkPlan", "LeafInfo", "choose_codec", "dtype_name", "leaf_info", "plan_chunks",
+__all__ = ["PACK_LIMIT", "ChunkPlan", "LeafInfo", "choose_codec", "dtype_name", "leaf_info", "plan_chunks",
            "plan_objects", "segments_of"]
+
+#: leaves smaller than this are packed with others; larger ones get chunks of their own
+PACK_LIMIT = 64 * 1024
 
 _FLOATS = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
            torch.complex128, torch.complex32}
@@ -83,7 +88,7 @@ def plan_chunks(infos: list[LeafInfo], compression: str, chunk_size: int) -> lis
         codec, item = choose_codec(info, compression)
         if info.nbytes == 0:
             continue
-        if info.nbytes >= chunk_size:
+        if info.nbytes >= min(chunk_size, PACK_LIMIT):
             step = max(item, chunk_size - chunk_size % item)
             for start in range(0, info.nbytes, step):
                 chunks.append(ChunkPlan(codec, item, [(idx, start, min(info.nbytes, start + step))]))

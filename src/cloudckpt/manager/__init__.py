@@ -23,6 +23,7 @@ from cloudckpt.manager.options import (
     AsyncOptions,
     CommitOptions,
     CommitRecord,
+    IncrementalOptions,
     PreemptionOptions,
 )
 from cloudckpt.manager.resolve import resolve_step
@@ -41,7 +42,7 @@ from cloudckpt.manager.retention import (
 __all__ = ["AnyOf", "AnySave", "ArchivePolicy", "AsyncOptions", "CheckpointManager",
            "CheckpointRecord", "CheckpointSummary", "CommitOptions", "CommitRecord",
            "DecisionContext", "EveryNEpochs",
-           "EveryNSteps", "GCReport", "KeepBest", "KeepEvery", "KeepLast", "KeepPinned",
+           "EveryNSteps", "GCReport", "IncrementalOptions", "KeepBest", "KeepEvery", "KeepLast", "KeepPinned",
            "KeepWithin", "OnImprovement", "PreemptionOptions", "RetentionPolicy", "RunContext",
            "SaveDecisionPolicy", "SavePoint", "TrainingState", "plan_retention", "resolve_step"]
 

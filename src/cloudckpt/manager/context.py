@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloudckpt.errors import InvalidArgument
 from cloudckpt.format.keys import step_dir
 from cloudckpt.manager.index import CheckpointRecord, Listing, RunIndex
-from cloudckpt.manager.options import ArchivePolicy
+from cloudckpt.manager.options import ArchivePolicy, IncrementalOptions
 from cloudckpt.manager.resolve import resolve_step, summarize
 from cloudckpt.manager.retention import CheckpointSummary, RetentionPolicy
 from cloudckpt.storage import Store, open_store, substore
@@ -44,6 +44,7 @@ class RunContext:
     clock: Callable[[], float] = time.time
     retention: RetentionPolicy | None = None
     archive: ArchivePolicy | None = None
+    incremental: IncrementalOptions = field(default_factory=IncrementalOptions)
 
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):

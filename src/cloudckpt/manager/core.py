@@ -36,6 +36,7 @@ from cloudckpt.manager.options import (
     ArchivePolicy,
     AsyncOptions,
     CommitOptions,
+    IncrementalOptions,
     PreemptionOptions,
     preemption_options,
     require,
@@ -76,6 +77,9 @@ class CheckpointManager:
     turns preemption signals into a flag: see :attr:`preempted`, :meth:`save_on_preemption`.
     ``commit_options`` (:class:`CommitOptions`): read each checkpoint back before retention
     (``verify_after_save``) and an ``on_commit`` hook (experiment tracking).
+    ``incremental`` (:class:`IncrementalOptions`): chunks unchanged since the previous
+    checkpoint are referenced, not uploaded (on by default), and the grace period of data
+    that retention releases.
 
     Raises (constructor): InvalidURI, InvalidArgument (a bad mode or option object; preemption
     handling requested off the main thread).
@@ -88,6 +92,7 @@ class CheckpointManager:
                  storage_options: Mapping[str, Any] | None = None,
                  async_options: AsyncOptions | None = None,
                  commit_options: CommitOptions | None = None,
+                 incremental: IncrementalOptions | None = None,
                  preemption: PreemptionOptions | bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.async_options = AsyncOptions() if async_options is None else async_options
@@ -96,6 +101,9 @@ class CheckpointManager:
         self.commit_options = CommitOptions() if commit_options is None else commit_options
         require(isinstance(self.commit_options, CommitOptions), "commit_options",
                 commit_options, "a CommitOptions")
+        incremental = IncrementalOptions() if incremental is None else incremental
+        require(isinstance(incremental, IncrementalOptions), "incremental", incremental,
+                "an IncrementalOptions")
         require(archive is None or isinstance(archive, ArchivePolicy), "archive", archive,
                 "an ArchivePolicy")
         require(retention is None or callable(getattr(retention, "keep", None)), "retention",
@@ -109,7 +117,8 @@ class CheckpointManager:
                                        mode=mode, compression=compression, clock=clock,
                                        retention=keep_last_and_best(keep_last, keep_best,
                                                                     metric, mode)
-                                       if retention is None else retention, archive=archive)
+                                       if retention is None else retention, archive=archive,
+                                       incremental=incremental)
         self._history: list[tuple[int, dict[str, float]]] = []
         self._lineage = LineageState()
         self._stager = Stager()
@@ -229,7 +238,8 @@ class CheckpointManager:
             if plan is None:  # a newer generation resumed this run: we are a stale node
                 return None
             meta[META_KEY]["generation"] = plan.generation
-            info = write_step(ctx, step, tree, leaves, meta, overwrite=plan.overwrite)
+            info = write_step(ctx, step, tree, leaves, meta, overwrite=plan.overwrite,
+                              generation=plan.generation)
             self._history = history
             return after_commit(ctx, self.commit_options, step, info, plan.generation,
                                 epoch=epoch, metrics=mets, background=not blocking)

@@ -105,6 +105,8 @@ class RunIndex:
         self._markers: dict[tuple[str, str | None], QuarantineMarker | None] = {}
         #: parsed lineage claims by (key, etag), filled by manager.lineage.read_generations
         self.claims: dict[tuple[str, str | None], Any] = {}
+        #: parsed release records by (key, etag), filled by manager.sharing.read_releases
+        self.releases: dict[tuple[str, str | None], frozenset[str] | None] = {}
 
     def scan(self) -> Listing:
         committed: dict[int, ObjectInfo] = {}

@@ -18,6 +18,7 @@ from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.lineage import live_records
 from cloudckpt.manager.resolve import summarize
 from cloudckpt.manager.retention import plan_retention
+from cloudckpt.manager.sharing import delete_hot, sweep_releases
 
 __all__ = ["apply_retention", "delete_step", "pin_step", "retain_after_commit", "unpin_step"]
 
@@ -47,6 +48,8 @@ def apply_retention(ctx: RunContext, generation: int | None = None) -> list[int]
             delete_step(ctx, s)
     if doomed:
         log.info("retention removed steps %s from %s", doomed, ctx.uri)
+    else:  # data released by earlier deletions, once past the grace period
+        sweep_releases(ctx, ctx.incremental.grace)
     return doomed
 
 
@@ -64,13 +67,15 @@ def retain_after_commit(ctx: RunContext, step: int, generation: int | None = Non
 
 
 def delete_step(ctx: RunContext, step: int) -> None:
-    """Delete one checkpoint, manifest first, then its data; its archived copy, tier record and
-    pin too. Deleting a step that does not exist is a no-op.
+    """Delete one checkpoint: release its data (:func:`.sharing.release_step`), delete its
+    manifest, then sweep released data past the grace period (data other checkpoints read
+    stays); its archived copy, tier record and pin too. Deleting a step that does not exist
+    is a no-op.
 
     Raises:
         StorageError: a deletion failed; re-run to finish.
     """
-    delete_checkpoint(ctx.step_store(step))
+    delete_hot(ctx, step)
     ctx.store.delete(tier_key(step))
     if ctx.store.exists(archived_key(step)):
         rec = {r.step: r for r in ctx.records()}.get(step)

@@ -16,7 +16,8 @@ from typing import Any
 
 from cloudckpt.errors import InvalidArgument
 
-__all__ = ["ArchivePolicy", "AsyncOptions", "CommitOptions", "CommitRecord", "PreemptionOptions",
+__all__ = ["ArchivePolicy", "AsyncOptions", "CommitOptions", "CommitRecord", "IncrementalOptions",
+           "PreemptionOptions",
            "preemption_options", "require"]
 
 _DEFAULT_SIGNALS: tuple[int, ...] = tuple(
@@ -108,6 +109,34 @@ class CommitOptions:
                                   f"{self.verify_after_save!r}")
         if self.on_commit is not None and not callable(self.on_commit):
             raise InvalidArgument(f"on_commit must be callable, not {self.on_commit!r}")
+
+
+@dataclass(frozen=True)
+class IncrementalOptions:
+    """Incremental checkpoints (on by default).
+
+    ``dedup``: a chunk whose bytes equal one the newest checkpoint of the run's lineage
+    already stores is referenced by the new manifest instead of uploaded again (frozen
+    layers, LoRA bases, unchanged optimizer entries cost a manifest line).
+
+    ``grace``: seconds that data no committed checkpoint references any more (after retention
+    or deletion) is kept before it is deleted, so a save that chose to reference it just
+    before cannot lose it (see "Shared data" in docs/design.md). It must exceed the longest
+    time a save takes from its last check to its commit (the commit's time bound, minutes at
+    most). ``0`` deletes at once: only for a run with one writer and no concurrent ``gc``.
+
+    Raises:
+        InvalidArgument: ``dedup`` is not a bool, ``grace`` negative.
+    """
+
+    dedup: bool = True
+    grace: float = 900.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dedup, bool):
+            raise InvalidArgument(f"dedup must be True or False, not {self.dedup!r}")
+        if not isinstance(self.grace, (int, float)) or self.grace < 0:
+            raise InvalidArgument(f"grace must be a number of seconds >= 0, not {self.grace!r}")
 
 
 @dataclass(frozen=True)

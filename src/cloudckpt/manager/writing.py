@@ -18,9 +18,11 @@ from typing import Any
 
 from cloudckpt.engine.writer import SaveInfo, write_encoded
 from cloudckpt.errors import InvalidArgument
+from cloudckpt.format.keys import step_dir
 from cloudckpt.format.tree import Leaf, encode_tree
 from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.index import META_KEY
+from cloudckpt.manager.sharing import dedup_index, referenceable, referenced
 from cloudckpt.manager.state import capture
 
 __all__ = ["RESERVED", "check_save_args", "encode_step", "index_metadata", "write_step"]
@@ -71,21 +73,40 @@ def encode_step(ctx: RunContext, step: int, objects: Mapping[str, Any], *, epoch
 
 
 def write_step(ctx: RunContext, step: int, tree: Any, leaves: list[Leaf],
-               meta: Mapping[str, Any], *, overwrite: bool = False) -> SaveInfo:
+               meta: Mapping[str, Any], *, overwrite: bool = False,
+               generation: int | None = None) -> SaveInfo:
     """Write and commit ``step`` under the run root: create-only, or replacing the checkpoint
-    there when ``overwrite`` (one not in the saver's lineage, see :mod:`.lineage`). On the
-    training thread (blocking) or the background thread (async); one call per step at a time.
+    there when ``overwrite`` (one not in the saver's lineage, see :mod:`.lineage`). Chunks
+    equal to the previous checkpoint's in the lineage of ``generation`` are referenced, not
+    uploaded (``ctx.incremental``; the protocol is in :mod:`.sharing`). On the training
+    thread (blocking) or the background thread (async); one call per step at a time.
 
     Raises:
         AlreadyExists: ``step`` is already committed in this run's lineage (another writer of
             the same generation won).
         StorageError: the save failed; nothing committed.
     """
+    protect: set[str] = set()
+    if overwrite:  # the replaced save's data that other checkpoints read is never swept
+        own = step_dir(step) + "/"
+        protect = {k[len(own):] for k in referenced(ctx, ctx.index.scan(), exclude=step)
+                   if k.startswith(own)}
     if isinstance(meta.get(META_KEY), dict):  # wall clock, like the manifest's ``created``:
         # together they give the save's duration (data upload up to the manifest) for reports
         meta = {**meta, META_KEY: {**meta[META_KEY], "write_started": time.time()}}
     info = write_encoded(tree, leaves, ctx.step_store(step), metadata=meta,
-                         compression=ctx.compression, overwrite=overwrite)
-    log.info("committed step %d to %s (%.1f MiB stored)", step, info.uri,
-             info.stored_bytes / 2**20)
+                         compression=ctx.compression, overwrite=overwrite,
+                         dedup=dedup_index(ctx, step, generation),
+                         ref_check=lambda refs: _check_refs(ctx, step, refs), protect=protect)
+    log.info("committed step %d to %s (%.1f MiB stored: %.1f MiB new, %.1f MiB referenced)",
+             step, info.uri, info.stored_bytes / 2**20, info.added_bytes / 2**20,
+             info.shared_bytes / 2**20)
     return info
+
+
+def _check_refs(ctx: RunContext, step: int, refs: frozenset[str]) -> bool:
+    ok = referenceable(ctx, step, refs)
+    if not ok:
+        log.warning("step %d: data it would share was released meanwhile (retention or gc "
+                    "elsewhere); writing every chunk of it", step)
+    return ok
