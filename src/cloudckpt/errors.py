@@ -25,8 +25,10 @@ __all__ = [
     "StorageFull",
     "StorageTimeout",
     "TransientStorageError",
+    "UnsupportedFramework",
     "UnsupportedOperation",
     "UnsupportedValue",
+    "UntrustedCheckpoint",
 ]
 
 
@@ -113,3 +115,10 @@ class UntrustedCheckpoint(CorruptCheckpoint):
 class IncompleteCheckpoint(NotFound):
     """Data objects exist under a checkpoint URI but no committed manifest does: a save that
     crashed or is still in flight. Nothing under it is loadable."""
+
+
+class UnsupportedFramework(CloudckptError, ImportError):
+    """A framework integration cannot run with the installed framework: its version is outside
+    the range the integration supports, or a private API the integration relies on changed
+    (e.g. ``cloudckpt.integrations.lightning`` with a ``lightning`` outside ``>=2.6,<3``). The
+    message names the supported range and what to install."""
