@@ -118,7 +118,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise NotFound(f"no checkpoints under {ctx.uri}" if anything
                        else f"nothing at {ctx.uri} (check the URI)")
     _write(args.html, render_html(report))
-    bad = sum(r.status != "committed" for r in report.rows)
+    bad = sum(r.damaged for r in report.rows)
     if args.html != "-":
         print(f"wrote {args.html}: {len(report.rows)} checkpoints"
               + (f" ({bad} damaged)" if bad else ""))

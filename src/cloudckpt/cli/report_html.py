@@ -53,7 +53,8 @@ ul.problems{color:#b00}
 
 _STATUS_COLORS = {"hot": "#E69F00", "archived": "#0072B2", "damaged": "#D00000",
                   "keep": "#009E73", "remove": "#CC79A7", "n/a": "#BBBBBB",
-                  "live lineage": "#56B4E9", "other branch": "#999999"}
+                  "live lineage": "#56B4E9", "other branch": "#999999",
+                  "released": "#DDDDDD"}
 _TIER_COLORS = ("#332288", "#882255", "#117733", "#F0E442", "#666666")
 
 
@@ -120,7 +121,7 @@ def _points(rows: list[ReportRow], get: Any) -> tuple[tuple[float, float], ...]:
 
 def _charts(report: RunReport) -> str:
     ok = [r for r in report.rows if r.status == "committed"]
-    marks = [(float(r.step), r.status) for r in report.rows if r.status != "committed"]
+    marks = [(float(r.step), r.status) for r in report.rows if r.damaged]
     parts = ["<h2>Storage</h2>", line_chart(
         "Bytes per checkpoint", "bytes", [
             Series("raw", _points(ok, lambda r: r.raw_bytes), PALETTE[8], dashed=True),
@@ -175,8 +176,8 @@ def _lanes(report: RunReport) -> str:
                    enumerate(tiers)})
 
     def tier(r: ReportRow) -> Cell:
-        cat = "damaged" if r.status != "committed" else "archived" \
-            if r.location == "archived" else f"class {r.tier}" if r.tier else "hot"
+        cat = "damaged" if r.damaged else "released" if r.status == "released" else \
+            "archived" if r.location == "archived" else f"class {r.tier}" if r.tier else "hot"
         return Cell(cat, f"step {r.step:,}: {r.status}, {cat}")
 
     def keep(r: ReportRow) -> Cell:
@@ -184,8 +185,8 @@ def _lanes(report: RunReport) -> str:
                                  f"{'; '.join(r.reasons) or 'no policy keeps it'}")
 
     def line(r: ReportRow) -> Cell:
-        cat = "damaged" if r.status != "committed" else "live lineage" if r.live \
-            else "other branch"
+        cat = "damaged" if r.damaged else "released" if r.status == "released" else \
+            "live lineage" if r.live else "other branch"
         return Cell(cat, f"step {r.step:,}: generation {r.generation}, {cat}")
 
     return lanes_chart("Tier, retention and lineage per checkpoint", "lanes",
@@ -200,15 +201,24 @@ def _lanes(report: RunReport) -> str:
 
 
 def _lineage(report: RunReport, ok: list[ReportRow]) -> str:
-    gens = sorted({r.generation for r in ok if r.generation is not None})
+    gens = sorted({r.generation for r in ok if r.generation is not None})[:30]
     series = [Series(f"generation {g}" + (" (live)" if g == report.live_generation else ""),
                      _points([r for r in ok if r.generation == g], lambda r: r.generation),
-                     PALETTE[i % 8]) for i, g in enumerate(gens[:30])]
+                     PALETTE[i % 8]) for i, g in enumerate(gens)]
+    firsts = {g: min(r.step for r in ok if r.generation == g) for g in gens}
+    forked = [g for g in report.generations if g.parent_step is not None
+              and g.parent_generation is not None and g.number in firsts]
+    # a dashed link from the checkpoint each generation resumed, drawn under the points
+    series[:0] = [Series(f"fork {g.parent_generation}\u2192{g.number}",
+                         ((float(g.parent_step or 0), float(g.parent_generation or 0)),
+                          (float(firsts[g.number]), float(g.number))), PALETTE[9], dashed=True)
+                  for g in forked]
     forks = [f"generation {g.number} resumed from step {g.parent_step:,} of generation "
              f"{g.parent_generation}" for g in report.generations if g.parent_step is not None]
+    more = f"; and {len(forks) - 10} more" if len(forks) > 10 else ""
     return line_chart("Lineage: generation that wrote each checkpoint", "lineage", series,
                       y_label="generation", y_fmt=lambda v: f"{v:.0f}", y_integer=True,
-                      note="; ".join(forks) or "no forks: one generation")
+                      note="; ".join(forks[:10]) + more or "no forks: one generation")
 
 
 def _table(report: RunReport) -> str:
@@ -217,8 +227,9 @@ def _table(report: RunReport) -> str:
             "<th>Save s</th><th>MiB/s</th><th>Tier</th><th>Retention</th></tr>")
     body = []
     for r in report.rows:
-        bad = r.status != "committed"
-        where = "archived" if r.location == "archived" else (r.tier or "hot") if not bad else "-"
+        bad = r.damaged
+        where = "-" if r.status != "committed" else (r.tier or "hot") \
+            if r.location != "archived" else f"archived ({r.tier})" if r.tier else "archived"
         keep = f"{r.retention}: {'; '.join(r.reasons)}" if r.reasons else r.retention
         body.append(
             f'<tr id="step-{r.step}" data-step="{r.step}"{" class=bad" if bad else ""}>'
@@ -230,7 +241,7 @@ def _table(report: RunReport) -> str:
             + _bytes_cell(r.raw_bytes) + _bytes_cell(r.stored_bytes)
             + _bytes_cell(r.added_bytes) + _bytes_cell(r.shared_bytes)
             + _num_cell(r.ratio, ".3f") + _num_cell(r.save_seconds, ".3f")
-            + _num_cell(r.throughput and r.throughput / _MiB, ".1f")
+            + _num_cell(r.throughput and r.throughput / _MiB, ".3g")
             + f"<td>{esc(where)}</td><td>{esc(keep, 300)}</td></tr>")
     problems = [f"<li>step {r.step:,} ({esc(r.status)}): {esc(p, 500)}</li>"
                 for r in report.rows for p in r.problems]
@@ -255,7 +266,8 @@ def _metrics_table(report: RunReport) -> str:
 def render_html(report: RunReport) -> str:
     """The whole page for ``report``."""
     ok = sum(r.status == "committed" for r in report.rows)
-    bad = len(report.rows) - ok
+    bad = sum(r.damaged for r in report.rows)
+    gone = sum(r.status == "released" for r in report.rows)
     style_hash = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
     csp = (f"default-src 'none'; style-src 'sha256-{style_hash}'; img-src 'none'; "
            "script-src 'none'; connect-src 'none'; font-src 'none'; base-uri 'none'; "
@@ -264,7 +276,8 @@ def render_html(report: RunReport) -> str:
     added = sum(r.added_bytes or 0 for r in report.rows if r.status == "committed")
     summary = (
         f"<dt>run</dt><dd><code>{esc(report.uri, 400)}</code></dd>"
-        f"<dt>checkpoints</dt><dd>{ok} committed, {bad} damaged</dd>"
+        f"<dt>checkpoints</dt><dd>{ok} committed, {bad} damaged"
+        f"{f', {gone} deleted (data awaiting gc)' if gone else ''}</dd>"
         f"<dt>stored</dt><dd>{esc(human(stored))} referenced in all, {esc(human(added))} "
         f"in the checkpoints' own data</dd>"
         f"<dt>live generation</dt><dd>{report.live_generation}</dd>"

@@ -38,9 +38,13 @@ from cloudckpt.manager.retention import (
     best_step,
     plan_retention,
 )
+from cloudckpt.manager.sharing import pending, read_releases
 
-__all__ = ["ReportRow", "RunReport", "describe_policy", "explain_retention", "gather_report",
-           "save_seconds"]
+__all__ = ["DAMAGED", "ReportRow", "RunReport", "describe_policy", "explain_retention",
+           "gather_report", "save_seconds"]
+
+#: statuses of checkpoints that are damaged (``released``: deleted, its data awaiting gc)
+DAMAGED = frozenset({"corrupt", "incomplete", "quarantined"})
 
 #: longest save duration taken at face value (a week); beyond it the record is not believed
 _MAX_SECONDS = 7 * 86400.0
@@ -133,7 +137,8 @@ def save_seconds(m: Manifest) -> float | None:
 @dataclass(frozen=True)
 class ReportRow:
     """One checkpoint of the run as the report shows it. ``status`` as ``cloudckpt ls``:
-    ``committed``, ``corrupt``, ``incomplete`` or ``quarantined``. ``retention``: ``keep``,
+    ``committed``, ``corrupt``, ``incomplete`` or ``quarantined``; or ``released``: deleted,
+    its data listed by a release record until gc removes it. ``retention``: ``keep``,
     ``remove`` (the policy would remove it at the next pass) or ``n/a`` (retention does not
     consider it), with ``reasons``. Byte counts of damaged rows are what could be counted."""
 
@@ -157,6 +162,10 @@ class ReportRow:
     retention: str = "n/a"
     reasons: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+
+    @property
+    def damaged(self) -> bool:
+        return self.status in DAMAGED
 
     @property
     def ratio(self) -> float | None:
@@ -256,17 +265,26 @@ def gather_report(ctx: RunContext) -> RunReport:
         if step not in rows:
             rows[step] = ReportRow(step=step, status="corrupt", uri=f"{root}/{step_dir(step)}",
                                    problems=(f"{info.key}: manifest does not validate",))
+    released = _released(ctx) if set(listing.data) - set(rows) else set()
     for step, objs in listing.data.items():
         if step not in rows:
-            rows[step] = ReportRow(step=step, status="incomplete",
+            gone = {o.key for o in objs} <= released
+            rows[step] = ReportRow(step=step, status="released" if gone else "incomplete",
                                    uri=f"{root}/{step_dir(step)}",
                                    stored_bytes=sum(o.size for o in objs),
-                                   problems=("data without a committed manifest",))
+                                   problems=() if gone else ("data without a committed manifest",))
     rows = _with_retention(ctx, rows, records)
     return RunReport(uri=ctx.uri, created=ctx.clock(), policy=describe_policy(ctx.retention),
                      metric=ctx.metric, mode=ctx.mode, live_generation=live_gen,
                      generations=tuple(gens[g] for g in sorted(gens)),
                      rows=tuple(rows[s] for s in sorted(rows)))
+
+
+def _released(ctx: RunContext) -> set[str]:
+    try:
+        return pending(read_releases(ctx))
+    except CloudckptError:  # unreadable now: such data shows as incomplete
+        return set()
 
 
 def _with_retention(ctx: RunContext, rows: dict[int, ReportRow],
@@ -281,7 +299,10 @@ def _with_retention(ctx: RunContext, rows: dict[int, ReportRow],
                                     metric=ctx.metric, mode=ctx.mode)
     out: dict[int, ReportRow] = {}
     for step, row in rows.items():
-        if row.status != "committed":
+        if row.status == "released":
+            out[step] = replace(row, reasons=("deleted: its data stays until gc (shared, or "
+                                              "within the grace period)",))
+        elif row.status != "committed":
             out[step] = replace(row, reasons=("damaged: run-level operations skip it",))
         elif step in reasons:
             why = reasons[step]
