@@ -31,7 +31,12 @@ from cloudckpt.manager import (
     plan_retention,
 )
 from cloudckpt.manager.index import META_KEY
-from cloudckpt.manager.report import explain_retention, gather_report, save_seconds
+from cloudckpt.manager.report import (
+    describe_policy,
+    explain_retention,
+    gather_report,
+    save_seconds,
+)
 from cloudckpt.storage import open_store, substore
 
 HOSTILE = "<script>alert(1)</script>"
@@ -184,8 +189,6 @@ def test_explain_retention_never_changes_the_decision(
     for s, why in reasons.items():  # each reason is true of the step
         assert ("latest" in why) == (s == max(c.step for c in cks))
         for part in policy.policies:
-            from cloudckpt.manager.report import describe_policy
-
             text = describe_policy(part)
             if text != "pinned":
                 assert (text in why) == (s in part.keep(cks, now))
