@@ -11,7 +11,14 @@ import pytest
 import torch
 
 import cloudckpt
-from cloudckpt import ArchivePolicy, CheckpointManager, EveryNEpochs, EveryNSteps, OnImprovement
+from cloudckpt import (
+    ArchivePolicy,
+    CheckpointManager,
+    EveryNEpochs,
+    EveryNSteps,
+    IncrementalOptions,
+    OnImprovement,
+)
 from cloudckpt.demo import train
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, NotFound, RehydrationRequired
 from cloudckpt.format.keys import DATA_PREFIX, step_dir
@@ -182,8 +189,10 @@ def test_zombie_writer_exactly_one_commits(backend: str, emus, tmp_path) -> None
 def test_archive_in_place_storage_class_on_s3(emus, tmp_path) -> None:  # type: ignore[no-untyped-def]
     f = StoreFactory("s3", emus, tmp_path)
     uri = f.uri("run")
+    # without dedup: an object step 2 shares with step 1 would rightly stay in its tier
     mgr = CheckpointManager(uri, keep_last=1, storage_options=f.options,
-                            archive=ArchivePolicy(storage_class="GLACIER_IR"))
+                            archive=ArchivePolicy(storage_class="GLACIER_IR"),
+                            incremental=IncrementalOptions(dedup=False))
     models = {s: _tiny(s) for s in (1, 2)}
     for s, m in models.items():
         mgr.save(s, model=m)
@@ -207,14 +216,19 @@ def test_archive_to_uri_on_another_backend(emus, tmp_path) -> None:  # type: ign
     archive_uri = f.uri("archive")
     mgr = CheckpointManager(tmp_path / "hot", keep_last=1,
                             archive=ArchivePolicy(uri=archive_uri, storage_options=f.options,
-                                                  storage_class="STANDARD_IA"))
+                                                  storage_class="STANDARD_IA"),
+                            incremental=IncrementalOptions(grace=0))  # hot data goes at once
     models = {s: _tiny(s) for s in (1, 2, 3)}
     for s, m in models.items():
         mgr.save(s, model=m)
     recs = {r.step: r for r in mgr.checkpoints()}
     assert [recs[s].location for s in (1, 2, 3)] == ["archived", "archived", "hot"]
     assert recs[1].uri.startswith("s3://") and recs[1].tier == "STANDARD_IA"
-    assert not (tmp_path / "hot" / step_dir(1)).exists()
+    # the hot copy is gone; what is left under it is data step 3 still reads (shared chunks)
+    hot1 = tmp_path / "hot" / step_dir(1)
+    left = {str(p.relative_to(tmp_path / "hot")) for p in hot1.rglob("*.bin")}
+    assert not (hot1 / "manifest.json").exists()
+    assert left <= {o[1:] for o in cloudckpt.inspect(tmp_path / "hot" / step_dir(3)).objects}
     target = _tiny(9)
     mgr.restore(1, model=target)
     assert_same(models[1].state_dict(), target.state_dict())

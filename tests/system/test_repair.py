@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import cloudckpt
-from cloudckpt import CheckpointManager
+from cloudckpt import CheckpointManager, IncrementalOptions
 from cloudckpt.cli import main
 from cloudckpt.errors import TransientStorageError
 from cloudckpt.format.keys import MANIFEST_KEY, quarantine_key, step_dir
@@ -68,7 +68,9 @@ def run(request, emus, tmp_path) -> Run:  # type: ignore[no-untyped-def]
     uri = f.uri("run")
     torch.manual_seed(0)
     frozen = torch.randn(1024 * 1024)
-    mgr = CheckpointManager(uri, keep_last=None, storage_options=f.options)
+    # written without dedup: the identical chunks the repairs draw on are separate copies
+    mgr = CheckpointManager(uri, keep_last=None, storage_options=f.options,
+                            incremental=IncrementalOptions(dedup=False))
     for s in STEPS:
         mgr.save(s, model=_model(s, frozen))
     return Run(uri, f.options, f, frozen)
