@@ -105,7 +105,11 @@ def test_gc_rm_archive(run, tmp_path) -> None:  # type: ignore[no-untyped-def]
         f"{step_dir(40)}/data/crashed/000000.bin"]
     assert not store.exists(f"{step_dir(40)}/data/crashed/000000.bin")
 
-    r = cli("rm", uri, "--step", "10", opts=opts)
+    r = cli("rm", uri, "--step", "10", opts=opts)  # a dry run without --yes, like gc
+    assert r.returncode == 0, r.stderr
+    assert "would delete step 10" in r.stdout and "--yes" in r.stdout
+    assert CheckpointManager(store, keep_last=None).steps() == [10, 20, 30]
+    r = cli("rm", uri, "--step", "10", "--yes", opts=opts)
     assert r.returncode == 0, r.stderr
     assert CheckpointManager(store, keep_last=None).steps() == [20, 30]
 
@@ -116,6 +120,10 @@ def test_gc_rm_archive(run, tmp_path) -> None:  # type: ignore[no-untyped-def]
     recs = {x.step: x for x in CheckpointManager(store, keep_last=None).checkpoints()}
     assert recs[20].location == "archived" and recs[20].uri.startswith("file://")
     assert len(cloudckpt.inspect(f"{archive_root}/{step_dir(20)}").tensors) > 0
+    r = cli("archive", uri, "--step", "20", "--to", archive_root, "--dst-storage-options", "{}",
+            opts=opts)  # again: says so, changes nothing
+    assert r.returncode == 0 and "already archived" in r.stdout, r.stdout + r.stderr
+    assert r.stderr == ""
     if store.protocol == "s3":
         r = cli("archive", uri, "--step", "30", "--storage-class", "STANDARD_IA", opts=opts)
         assert r.returncode == 0, r.stderr

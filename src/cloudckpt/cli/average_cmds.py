@@ -4,18 +4,21 @@ written as a checkpoint (any backend) or exported as safetensors."""
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from cloudckpt.cli.convert_cmds import parse_size, tensors_for_safetensors, write_safetensors
 from cloudckpt.cli.output import human, print_json
-from cloudckpt.engine.reader import load
+from cloudckpt.cli.session import options_arg
 from cloudckpt.errors import InvalidArgument
-from cloudckpt.manager.average import average
 
 __all__ = ["register"]
+
+_EPILOG = """examples:
+  cloudckpt average s3://bucket/runs/exp1 s3://bucket/avg --best 3 --metric val_loss
+  cloudckpt average ./run ./avg --steps 800,900,1000
+  cloudckpt average ./run avg.safetensors --best 5 --metric acc --mode max --format safetensors"""
 
 
 def _steps(text: str) -> list[int]:
@@ -31,7 +34,8 @@ def register(sub: Any) -> None:
         description="Element-wise mean of one object's tensors (default: the model) over "
                     "checkpoints of a CheckpointManager run, streamed tensor by tensor "
                     "(fp32/fp64 accumulation, cast back). Integer and bool tensors must be "
-                    "equal in every input. Writes a checkpoint at OUT, or safetensors.")
+                    "equal in every input. Writes a checkpoint at OUT, or safetensors.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="the run root (as given to CheckpointManager)")
     p.add_argument("out", help="output checkpoint URI; with --format safetensors a local "
                                ".safetensors file or a directory (sharded)")
@@ -46,15 +50,19 @@ def register(sub: Any) -> None:
                         "below one (ema/shadow)")
     p.add_argument("--format", choices=["checkpoint", "safetensors"], default="checkpoint",
                    help="checkpoint (default): a cloudckpt checkpoint at OUT")
-    p.add_argument("--max-shard-size", default="5GB", help="with --format safetensors")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="with --format safetensors: shard above this size (default 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint at OUT")
-    p.add_argument("--dst-storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="storage options for OUT (default: those of RUN)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--dst-storage-options", type=options_arg, default=None, metavar="JSON",
+                   help="storage options for OUT, as JSON or @FILE (default: those of RUN)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_average)
 
 
 def cmd_average(args: argparse.Namespace) -> int:
+    from cloudckpt.engine.reader import load
+    from cloudckpt.manager.average import average
+
     selection: dict[str, Any] = {"steps": args.steps, "best": args.best, "metric": args.metric,
                                  "mode": args.mode, "obj": args.obj,
                                  "storage_options": args.storage_options}

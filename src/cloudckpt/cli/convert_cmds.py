@@ -9,21 +9,34 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cloudckpt.cli.inspect_cmds import flatten
 from cloudckpt.cli.output import human
 from cloudckpt.cli.targets import checkpoint_store
-from cloudckpt.engine.reader import load
-from cloudckpt.engine.writer import save
-from cloudckpt.errors import InvalidArgument
-from cloudckpt.manager.ema import load_ema_weights
-from cloudckpt.manager.state import TRAINING_FORMAT
+from cloudckpt.errors import CloudckptError, InvalidArgument
 from cloudckpt.storage.backends.local import fsync_path
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["register"]
+
+_RAW = argparse.RawDescriptionHelpFormatter
+_EXPORT_EPILOG = """examples:
+  cloudckpt export s3://bucket/runs/exp1 model.safetensors --inference
+  cloudckpt export s3://bucket/runs/exp1 hf-dir/ --inference --max-shard-size 2GB
+  cloudckpt export s3://bucket/runs/exp1 --step 200 full.pt      (everything, torch.save)
+  cloudckpt export s3://bucket/runs/exp1 ema.safetensors --ema
+
+A .pt export holds the whole training state and 'cloudckpt import' reads it back unchanged.
+safetensors holds tensors only (other values are left out, with a note)."""
+_IMPORT_EPILOG = """examples:
+  cloudckpt import model.safetensors s3://bucket/ckpts/base
+  cloudckpt import hf-dir/ s3://bucket/ckpts/base          (model.safetensors[.index.json])
+  cloudckpt import full.pt ./restored --overwrite          (a cloudckpt export, round trip)
+
+torch files are read with torch.load(weights_only=True) plus numpy arrays (no code runs)."""
 
 _TRAINING_KEYS = {"optimizer", "optimizers", "optimizer_states", "scheduler", "lr_scheduler",
                   "lr_schedulers", "scaler", "rng", "rng_state", "loops", "callbacks"}
@@ -31,8 +44,9 @@ _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?$", re.IGNORECASE)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("export", help="write a checkpoint as safetensors or a torch.save file")
-    p.add_argument("uri")
+    p = sub.add_parser("export", help="write a checkpoint as safetensors or a torch.save file",
+                       epilog=_EXPORT_EPILOG, formatter_class=_RAW)
+    p.add_argument("uri", help="one checkpoint, or a run root (then --step or the latest)")
     p.add_argument("out", help="a .safetensors / .pt file, or a directory for sharded safetensors")
     p.add_argument("--format", choices=["safetensors", "torch"], default=None,
                    help="default: from OUT's suffix (.pt/.pth/.bin: torch), else safetensors")
@@ -45,10 +59,12 @@ def register(sub: Any) -> None:
                    help="shard safetensors above this size (HF index json); default 5GB")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="store a torch.save / safetensors file or HF model dir")
-    p.add_argument("src")
-    p.add_argument("uri")
-    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("import", help="store a torch.save / safetensors file or HF model dir",
+                       epilog=_IMPORT_EPILOG, formatter_class=_RAW)
+    p.add_argument("src", help="a .safetensors or torch.save file, or a model directory")
+    p.add_argument("uri", help="where to write the checkpoint (any backend)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a checkpoint already at URI (default: refuse, exit 6)")
     p.set_defaults(func=cmd_import)
 
 
@@ -68,6 +84,8 @@ def parse_size(text: str) -> int:
 
 
 def _inference_view(state: Any) -> Any:
+    from cloudckpt.manager.state import TRAINING_FORMAT  # torch: loaded with the state
+
     if isinstance(state, dict) and state.get("format") == TRAINING_FORMAT:
         objects = state.get("objects", {})
         if "model" in objects:
@@ -82,6 +100,11 @@ def _inference_view(state: Any) -> Any:
 
 
 def tensors_for_safetensors(state: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensors of ``state`` under dotted names (numpy arrays converted, tied tensors
+    copied), and the key paths of the non-tensor values left out."""
+    import numpy as np
+    import torch
+
     flat = flatten(state)
     tensors: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
@@ -89,7 +112,7 @@ def tensors_for_safetensors(state: Any) -> tuple[dict[str, torch.Tensor], list[s
     for k, v in flat.items():
         name = k.replace("/", ".")
         if hasattr(v, "__array__") and not isinstance(v, torch.Tensor):
-            v = torch.from_numpy(__import__("numpy").ascontiguousarray(v))
+            v = torch.from_numpy(np.ascontiguousarray(v))
         if not isinstance(v, torch.Tensor):
             dropped.append(k)
             continue
@@ -103,6 +126,12 @@ def tensors_for_safetensors(state: Any) -> tuple[dict[str, torch.Tensor], list[s
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard: int) -> list[Path]:
+    """Write ``tensors`` to ``out`` (a .safetensors file, or a directory: one file or shards of
+    at most ``max_shard`` bytes with an HF index json); returns the files written.
+
+    Raises:
+        InvalidArgument: a single file would exceed ``max_shard``.
+    """
     from safetensors.torch import save_file
 
     total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -143,6 +172,11 @@ def write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard: in
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from cloudckpt.engine.reader import load
+    from cloudckpt.manager.ema import load_ema_weights
+
     store = checkpoint_store(args.uri, args.storage_options, args.step)
     state = load_ema_weights(store) if args.ema else load(store)
     if args.inference:
@@ -167,6 +201,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numpy_globals() -> list[Any]:
+    """What a torch.save file of a cloudckpt export needs besides tensors: numpy arrays of
+    numeric dtypes (the RNG states), as torch's weights_only documentation lists them."""
+    import importlib
+
+    import numpy as np
+
+    try:  # numpy >= 2 (numpy.core still resolves there, with a deprecation warning)
+        multiarray = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy 1.x
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+             np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128)
+    return [multiarray._reconstruct, np.ndarray, np.dtype, *(type(np.dtype(k)) for k in kinds)]
+
+
+def _read_torch_file(src: Path) -> Any:
+    import torch
+
+    # weights_only: no arbitrary pickled objects, no code execution; numpy arrays allowed
+    with torch.serialization.safe_globals(_numpy_globals()):
+        return torch.load(src, map_location="cpu", weights_only=True)
+
+
 def _read_source(src: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -174,9 +232,13 @@ def _read_source(src: Path) -> dict[str, Any]:
         for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
             index = src / index_name
             if index.exists():
-                files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                weight_map = json.loads(index.read_text()).get("weight_map")
+                if not isinstance(weight_map, dict):
+                    raise InvalidArgument(f"{index}: no 'weight_map' object")
                 state: dict[str, Any] = {}
-                for name in files:
+                for name in sorted(set(map(str, weight_map.values()))):
+                    if Path(name).name != name:
+                        raise InvalidArgument(f"{index}: shard name {name!r} is not a file name")
                     state.update(_read_source(src / name))
                 return state
         for name in ("model.safetensors", "pytorch_model.bin"):
@@ -185,18 +247,26 @@ def _read_source(src: Path) -> dict[str, Any]:
         raise InvalidArgument(f"{src}: no model.safetensors, pytorch_model.bin or index json")
     if src.suffix == ".safetensors":
         return dict(load_file(str(src)))
-    # torch.save files: weights_only refuses arbitrary pickled objects (no code execution)
-    loaded = torch.load(src, map_location="cpu", weights_only=True)
+    loaded = _read_torch_file(src)
     if not isinstance(loaded, dict):
         raise InvalidArgument(f"{src}: expected a dict of tensors, got {type(loaded).__name__}")
     return loaded
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from cloudckpt.engine.writer import save
+
     src = Path(args.src)
     if not src.exists():
         raise InvalidArgument(f"{src} does not exist")
-    state = _read_source(src)
+    try:
+        state = _read_source(src)
+    except (CloudckptError, OSError):
+        raise
+    except Exception as e:  # unpickling refused, a damaged safetensors header, bad json...
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InvalidArgument(f"{src}: cannot be imported: {type(e).__name__}"
+                              + (f": {detail}" if detail else "")) from e
     info = save(state, args.uri, storage_options=args.storage_options, overwrite=args.overwrite)
     print(f"imported {src} -> {info.uri} ({info.tensors} tensors, {human(info.raw_bytes)} raw, "
           f"{human(info.stored_bytes)} stored)")

@@ -4,28 +4,37 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudckpt.cli.output import print_json
-from cloudckpt.manager import RunContext
-from cloudckpt.manager.repair import RepairReport, StepRepair, repair_run
+from cloudckpt.cli.session import options_arg
+
+if TYPE_CHECKING:
+    from cloudckpt.manager.repair import RepairReport, StepRepair
 
 __all__ = ["register"]
+
+_EPILOG = """examples:
+  cloudckpt repair s3://bucket/runs/exp1                      dry run: what it would do
+  cloudckpt repair s3://bucket/runs/exp1 --yes
+  cloudckpt repair s3://bucket/runs/exp1 --from gs://backup/runs/exp1 --yes \\
+      --from-storage-options '{"token": "/path/key.json"}'"""
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "repair", help="restore damaged checkpoints of a run from intact copies, quarantine "
-                       "the rest (dry run unless --yes); exit 1 while damage remains")
+                       "the rest (dry run unless --yes); exit 1 while damage remains",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="run root (the URI a CheckpointManager was given)")
     p.add_argument("--yes", action="store_true", help="really rewrite and quarantine")
     p.add_argument("--from", dest="replicas", action="append", default=[], metavar="URI",
                    help="a copy (`cloudckpt cp`) of the run or of one of its checkpoints to "
                         "restore from; repeatable")
-    p.add_argument("--from-storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="fsspec storage options for the --from URIs (default: -o's)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--from-storage-options", type=options_arg, default=None, metavar="JSON",
+                   help="fsspec storage options for the --from URIs, as JSON or @FILE "
+                        "(default: -o's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_repair)
 
 
@@ -75,6 +84,9 @@ def _print_text(rep: RepairReport) -> None:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
+    from cloudckpt.manager import RunContext
+    from cloudckpt.manager.repair import repair_run
+
     ctx = RunContext.open(args.root, storage_options=args.storage_options)
     rep = repair_run(ctx, dry_run=not args.yes, replicas=args.replicas,
                      replica_options=args.from_storage_options)

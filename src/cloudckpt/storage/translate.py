@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import sys
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -85,39 +86,27 @@ def _code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
 
 
 def _network_types() -> tuple[type[BaseException], ...]:
+    """Network failure types of the HTTP stacks loaded now. A stack that is not imported
+    cannot have raised, so nothing is imported here (the CLI starts without them)."""
     types: list[type[BaseException]] = [
         TimeoutError, ConnectionError, socket.timeout, asyncio.TimeoutError,
     ]
-    try:
-        from botocore import exceptions as be
-
+    be = sys.modules.get("botocore.exceptions")
+    if be is not None:
         types += [be.ConnectionError, be.HTTPClientError, be.ReadTimeoutError,
                   be.ConnectTimeoutError, be.ResponseStreamingError, be.IncompleteReadError]
-    except ImportError:  # pragma: no cover - s3 extra not installed
-        pass
-    try:
-        import aiohttp
-
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and hasattr(aiohttp, "ClientConnectionError"):
         types += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                   aiohttp.ServerTimeoutError]
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from azure.core import exceptions as ae
-
+    ae = sys.modules.get("azure.core.exceptions")
+    if ae is not None:
         types += [ae.ServiceRequestError, ae.ServiceResponseError]
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from fsspec.exceptions import FSTimeoutError
-
-        types.append(FSTimeoutError)
-    except ImportError:  # pragma: no cover
-        pass
+    fe = sys.modules.get("fsspec.exceptions")
+    if fe is not None:
+        types.append(fe.FSTimeoutError)
     return tuple(types)
 
-
-_NETWORK = _network_types()
 
 #: errno values that mean "no connection could be made" (never raised mid-request)
 _UNREACHABLE_ERRNOS = {
@@ -129,29 +118,20 @@ _UNREACHABLE_ERRNOS = {
 
 
 def _connect_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(failures to connect, timeouts while connecting) of the installed HTTP stacks."""
+    """(failures to connect, timeouts while connecting) of the HTTP stacks loaded now."""
     connect: list[type[BaseException]] = []
     timeouts: list[type[BaseException]] = []
-    try:
-        from botocore import exceptions as be
-
+    be = sys.modules.get("botocore.exceptions")
+    if be is not None:
         connect.append(be.EndpointConnectionError)
         timeouts.append(be.ConnectTimeoutError)
-    except ImportError:  # pragma: no cover - s3 extra not installed
-        pass
-    try:
-        import aiohttp
-
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and hasattr(aiohttp, "ClientConnectorError"):
         connect.append(aiohttp.ClientConnectorError)
         ct = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp >= 3.10
         if ct is not None:
             timeouts.append(ct)
-    except ImportError:  # pragma: no cover
-        pass
     return tuple(connect), tuple(timeouts)
-
-
-_CONNECT, _CONNECT_TIMEOUT = _connect_types()
 
 
 def _endpoint(exc: BaseException) -> str | None:
@@ -172,16 +152,17 @@ def _unreachable(exc: BaseException) -> tuple[str, str | None] | None:
     specific: str | None = None
     generic = False
     endpoint: str | None = None
+    connect_types, connect_timeouts = _connect_types()
     for e in _chain(exc):
         endpoint = endpoint or _endpoint(e)
         if specific is None:
             if isinstance(e, socket.gaierror):
                 specific = "name resolution failed" + (f" ({e.strerror})" if e.strerror else "")
-            elif _CONNECT_TIMEOUT and isinstance(e, _CONNECT_TIMEOUT):
+            elif connect_timeouts and isinstance(e, connect_timeouts):
                 specific = "connect timed out"
             elif isinstance(e, OSError) and e.errno in _UNREACHABLE_ERRNOS:
                 specific = _UNREACHABLE_ERRNOS[e.errno]
-        generic = generic or (bool(_CONNECT) and isinstance(e, _CONNECT))
+        generic = generic or (bool(connect_types) and isinstance(e, connect_types))
     if specific is None and not generic:
         return None
     return specific or "connection failed", endpoint
@@ -222,6 +203,7 @@ def _classify(exc: BaseException) -> type[StorageError]:
                 return TransientStorageError
     if _unreachable(exc) is not None:
         return EndpointUnreachable
+    network = _network_types()
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
             return StorageFull
@@ -231,7 +213,7 @@ def _classify(exc: BaseException) -> type[StorageError]:
             return NotFound
         if isinstance(e, PermissionError):
             return AccessDenied
-        if isinstance(e, _NETWORK):
+        if isinstance(e, network):
             return TransientStorageError
         if isinstance(e, OSError) and e.errno in (errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE):
             return TransientStorageError
