@@ -69,6 +69,15 @@ def _loaders() -> tuple[DataLoader[Any], DataLoader[Any]]:
     return DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=8)  # 4 steps per epoch
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: intra-op threads only contend for the test machine's shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=["local", "s3"])
 def place(request: pytest.FixtureRequest, emus: Emulators, tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, Any]]]:

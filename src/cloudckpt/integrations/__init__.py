@@ -3,8 +3,10 @@
 * ``cloudckpt.integrations.hf`` (a package): :class:`CloudckptCallback` (public callback
   hooks only) and :class:`CloudckptTrainer` (private ``Trainer`` hooks, version-gated) for
   Hugging Face ``transformers`` (needs ``transformers`` and ``accelerate``).
-* ``cloudckpt.integrations.lightning``: :class:`CloudckptIO` for PyTorch Lightning (needs
-  ``lightning``).
+* ``cloudckpt.integrations.lightning`` (a package): :class:`CloudckptIO` (a ``CheckpointIO``
+  plugin), ``CloudckptModelCheckpoint`` (``ckpt_path="last"`` on any store; private hooks,
+  version-gated), ``load_from_checkpoint`` and ``find_checkpoint`` for PyTorch Lightning
+  (needs ``lightning``).
 * ``cloudckpt.integrations.mlflow``: :class:`MlflowLogger`, an ``on_commit`` hook that logs
   each committed checkpoint to an MLflow run (needs ``mlflow`` or ``mlflow-skinny``).
 
@@ -19,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cloudckpt.integrations.hf import CloudckptCallback, CloudckptTrainer
-    from cloudckpt.integrations.lightning import CloudckptIO
+    from cloudckpt.integrations.lightning import CloudckptIO, CloudckptModelCheckpoint
     from cloudckpt.integrations.mlflow import MlflowLogger
 
-__all__ = ["CloudckptCallback", "CloudckptIO", "CloudckptTrainer", "MlflowLogger"]
+__all__ = ["CloudckptCallback", "CloudckptIO", "CloudckptModelCheckpoint", "CloudckptTrainer",
+           "MlflowLogger"]
 
 _WHERE = {"CloudckptCallback": ("hf", "transformers accelerate"),
           "CloudckptTrainer": ("hf", "transformers accelerate"),
           "CloudckptIO": ("lightning", "lightning"),
+          "CloudckptModelCheckpoint": ("lightning", "lightning"),
           "MlflowLogger": ("mlflow", "mlflow-skinny")}
 
 
