@@ -1,5 +1,8 @@
 """A tiny deterministic trainer for the chaos test: restores, then saves every step, printing
 ``RESTORED <step>`` and ``COMMITTED <step>`` (flushed) so the test knows what was promised.
+Next to the trained weights it holds a frozen buffer, so that every save shares chunks with
+the previous one (incremental checkpoints); retention keeps 3 and every third step collects
+garbage with no grace period, so a kill can land in a save, a deletion or a sweep.
 
 The weights after step N are a pure function of N (same float operations in the same order
 whether or not the run was interrupted), so any checkpoint can be checked bit for bit."""
@@ -27,12 +30,18 @@ def expected(step: int) -> torch.Tensor:
     return w
 
 
+def frozen() -> torch.Tensor:
+    return torch.cos(torch.arange(N, dtype=torch.float32))
+
+
 def main() -> None:
     uri, opts, total = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-    mgr = cloudckpt.CheckpointManager(uri, keep_last=3, storage_options=opts)
+    mgr = cloudckpt.CheckpointManager(uri, keep_last=3, storage_options=opts,
+                                      incremental=cloudckpt.IncrementalOptions(grace=0))
     w = torch.zeros(N)
     model = torch.nn.Module()
     model.register_buffer("w", w)
+    model.register_buffer("frozen", frozen())
     state = mgr.restore(model=model)
     step = state.step if state else 0
     print(f"RESTORED {step}", flush=True)
@@ -41,6 +50,8 @@ def main() -> None:
         advance(model.w, step)
         mgr.save(step, model=model)
         print(f"COMMITTED {step}", flush=True)
+        if step % 3 == 0:
+            mgr.gc(dry_run=False, grace=0)
     mgr.close()
 
 

@@ -1,6 +1,7 @@
-"""Chaos: a real trainer process SIGKILLed at random moments while saving to S3, many lives.
-Every listed checkpoint restores bit-exact, and a restart never resumes before the last commit
-the previous life reported."""
+"""Chaos: a real trainer process SIGKILLed at random moments while saving (incrementally,
+sharing a frozen buffer), retaining and collecting garbage (grace 0) on S3, many lives. Every
+listed checkpoint restores bit-exact, and a restart never resumes before the last commit the
+previous life reported."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 import cloudckpt
 from tests.conftest import StoreFactory
-from tests.system.chaos_trainer import expected
+from tests.system.chaos_trainer import expected, frozen
 
 PROJECT = Path(__file__).resolve().parents[2]
 LIVES = int(os.environ.get("CLOUDCKPT_CHAOS_LIVES", "6"))
@@ -72,6 +73,10 @@ def test_sigkill_at_random_moments_never_loses_a_reported_commit(backend: str, e
     for s in steps:  # every listed checkpoint restores bit for bit
         model = torch.nn.Module()
         model.register_buffer("w", torch.zeros_like(expected(0)))
+        model.register_buffer("frozen", torch.zeros_like(expected(0)))
         st = mgr.restore(s, model=model)
         assert st is not None and st.step == s
         assert torch.equal(model.w, expected(s)), f"step {s} differs"
+        assert torch.equal(model.frozen, frozen()), f"step {s}: shared data differs"
+    assert any(cloudckpt.inspect(f"{uri}/step-{s:012d}", storage_options=f.options).shared_bytes
+               for s in steps)  # the run really shared data
