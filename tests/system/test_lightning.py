@@ -164,22 +164,28 @@ def test_load_from_checkpoint_rebuilds_the_module(place: tuple[str, dict[str, An
 def test_ls_shows_step_epoch_and_the_monitored_metric(place: tuple[str, dict[str, Any]],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     dirpath, opts = place
-    _, ck, _, _ = _fit(dirpath, opts, 8, seed=0)
+    trainer, ck, _, _ = _fit(dirpath, opts, 8, seed=0)
+    val_loss = float(trainer.callback_metrics["val_loss"])  # the last validation, at step 8
     capsys.readouterr()
     flags = ["-o", json.dumps(opts)] if opts else []
     assert cli_main([*flags, "ls", f"{dirpath}/last.ckpt", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["step"] == 8
-    score = float(ck.best_k_models[ck.best_model_path]) if ck.best_model_path.endswith(
-        "step=8.ckpt") else None
-    assert row["metrics"]["epoch"] == 1.0 and "val_loss" in row["metrics"]
-    if score is not None:
-        assert row["metrics"]["val_loss"] == pytest.approx(score)
+    assert (row["step"], row["epoch"]) == (8, 1)
+    assert row["metrics"] == {"val_loss": pytest.approx(val_loss)}
+    # the ModelCheckpoint directory: one row per checkpoint, with its own step and epoch
+    assert cli_main([*flags, "ls", dirpath, "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    best = ck.best_model_path.rsplit("/", 1)[1]
+    assert set(rows) == {"last.ckpt", best}
+    assert (rows["last.ckpt"]["step"], rows["last.ckpt"]["epoch"]) == (8, 1)
+    epoch, step = (int(p.split("=")[1]) for p in best.removesuffix(".ckpt").split("-"))
+    assert (rows[best]["step"], rows[best]["epoch"]) == (step, epoch)
     assert cli_main([*flags, "ls", f"{dirpath}/last.ckpt"]) == 0
-    table = capsys.readouterr().out
-    assert "epoch=1" in table and "val_loss=" in table
-    line = next(ln for ln in table.splitlines() if "epoch=1" in ln)
-    assert line.split()[0] == "8"
+    table = capsys.readouterr().out.splitlines()
+    head = table[0].split()
+    cells = table[1].split()
+    assert (cells[head.index("STEP")], cells[head.index("EPOCH")]) == ("8", "1")
+    assert f"val_loss={val_loss:.4g}" in table[1]
 
 
 def test_plain_modelcheckpoint_still_starts_from_scratch_on_s3(

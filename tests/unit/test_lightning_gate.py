@@ -102,7 +102,7 @@ def test_summary_metadata() -> None:
                   "best_model_path": "", "dirpath": "s3://b/other"},
               "EarlyStopping{}": {"wait_count": 1}}}
     meta = summary_metadata(ck)
-    assert meta[META_KEY] == {"step": 12, "epoch": 2, "metrics": {"epoch": 2.0, "val_loss": 0.25}}
+    assert meta[META_KEY] == {"step": 12, "epoch": 2, "metrics": {"val_loss": 0.25}}
     light = meta["lightning"]
     assert (light["epoch"], light["global_step"], light["pytorch-lightning_version"]) == (2, 12,
                                                                                           "2.6.6")

@@ -14,8 +14,9 @@ replacement), all on the training process; saves and removals only on global ran
 Summary. Each manifest's metadata gets ``"lightning"`` (epoch, global step, Lightning version
 and, per ``ModelCheckpoint`` in the checkpoint, its monitor, score and best path: what
 :func:`~.resume.find_checkpoint` reads for ``"best"``) and the run summary cloudckpt's own
-manager writes (step = global step, epoch, metrics = the epoch and each monitored score), so
-``cloudckpt ls`` and ``show`` display Lightning checkpoints like any other.
+manager writes (step = global step, epoch, metrics = each monitored score), so ``cloudckpt
+ls`` (of a checkpoint, or of the ``ModelCheckpoint`` directory) and ``show`` display Lightning
+checkpoints with their step, epoch and metrics.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def summary_metadata(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     version = checkpoint.get("pytorch-lightning_version")
     if isinstance(version, str):
         light["pytorch-lightning_version"] = version[:100]
-    metrics: dict[str, float] = {} if epoch is None else {"epoch": float(epoch)}
+    metrics: dict[str, float] = {}
     saved: list[dict[str, Any]] = []
     callbacks = checkpoint.get("callbacks")
     for state in (callbacks.values() if isinstance(callbacks, Mapping) else ()):
