@@ -95,6 +95,10 @@ def test_the_readme_python_blocks_run_as_written(readme_env: str) -> None:
     # the quick start checkpoints during its loop, not only at the final step
     kept = ns["kept"]
     assert 300 in kept and len(kept) >= 3, kept
+    # the Lightning example's second fit resumed from the first's last.ckpt (4 steps an epoch)
+    assert ns["trainer"].global_step == 8 and str(ns["trainer"].ckpt_path).endswith(
+        "lightning/run1/last.ckpt/manifest.json")
+    assert type(ns["best"]).__name__ == "LitNet"
     # ... and, run again as on a new machine, resumes at its last step with nothing to redo
     quick = [b for b in runnable if "class Net(" in b.code or "total_steps = 300" in b.code]
     assert len(quick) == 2
