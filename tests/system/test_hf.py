@@ -151,12 +151,17 @@ def test_sigterm_stops_at_the_next_step_saves_it_and_exits_0(mode: str, backend:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     signalled_at = None
-    for line in proc.stdout:
-        if line.startswith("STEP") and int(line.split()[1]) >= 3:
-            signalled_at = int(line.split()[1])
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, err = proc.communicate(timeout=120)
+    try:
+        for line in proc.stdout:
+            if line.startswith("STEP") and int(line.split()[1]) >= 3:
+                signalled_at = int(line.split()[1])
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # it ignored the signal: do not leave it running
+            proc.kill()
+            proc.wait()
     assert signalled_at is not None, err
     assert proc.returncode == 0, err[-3000:]
     assert "TRAIN RETURNED" not in out  # it exited from inside train(), cleanly
