@@ -164,3 +164,68 @@ def test_the_package_exports_the_same_public_names() -> None:
     assert hf.STATE_KEY == "hf_trainer_state"
     with pytest.raises(AttributeError):
         _ = hf.NoSuchName
+
+
+# -- the supported range's ends, against recorded signatures ------------------------------
+
+#: What the overridden ``Trainer`` methods look like in each release at an end of the
+#: supported range, recorded from that release's ``transformers/trainer.py``. 5.24.0 is the
+#: lower bound and, when recorded, also the newest release on PyPI: both ends of the range are
+#: this one release, which the dev environment installs (so every HF test runs against it).
+#: When a newer 5.x ships, record its signatures here and run the HF tests against it.
+RECORDED: dict[str, dict[str, str]] = {
+    "5.24.0": {
+        "_save_checkpoint": "(self, model, trial)",
+        "_load_from_checkpoint": "(self, resume_from_checkpoint, model=None)",
+        "_load_optimizer_and_scheduler": "(self, checkpoint)",
+        "_load_scaler": "(self, checkpoint)",
+        "_load_rng_state": "(self, checkpoint)",
+        "_load_best_model": "(self)",
+        "train": "(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None)",
+    },
+}
+
+
+def _recorded_trainer(version: str) -> type:
+    """A class whose methods have exactly the signatures recorded for ``version``."""
+    ns: dict[str, Any] = {}
+    for name, sig in RECORDED[version].items():
+        exec(f"def {name}{sig}:\n    return None\n", ns)  # a def with that parameter list
+    return type(f"Trainer_{version}", (), {n: ns[n] for n in RECORDED[version]})
+
+
+def test_the_recorded_versions_are_the_ends_of_the_range() -> None:
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(RANGE)
+    lowest = min(RECORDED, key=lambda v: tuple(int(x) for x in v.split(".")))
+    assert lowest == next(s.version for s in spec if s.operator == ">=") + ".0"
+    assert all(spec.contains(v) for v in RECORDED)
+
+
+@pytest.mark.parametrize("version", sorted(RECORDED))
+def test_the_gate_accepts_each_recorded_end_of_the_range(version: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_version(monkeypatch, version)
+    hooks.check_version(version)
+    hooks.check_hooks(_recorded_trainer(version), version=version)
+    assert set(RECORDED[version]) == set(hooks.OVERRIDDEN)
+
+
+def test_the_recording_matches_the_installed_release_when_it_is_one_of_them() -> None:
+    installed = importlib.import_module("transformers").__version__
+    if installed not in RECORDED:
+        pytest.skip(f"transformers {installed} has no recorded signatures")
+    for name, sig in RECORDED[installed].items():
+        assert hooks.signature_shape(getattr(Trainer, name)) == sig, name
+
+
+def test_the_gate_refuses_a_recorded_release_with_one_change() -> None:
+    changed = _recorded_trainer("5.24.0")
+
+    def _load_best_model(self: Any, strict: bool = True) -> None:
+        """A parameter added."""
+
+    changed._load_best_model = _load_best_model  # type: ignore[attr-defined]
+    with pytest.raises(hooks.UnsupportedTransformers, match=r"_load_best_model\(self, strict=True\)"):
+        hooks.check_hooks(changed, version="5.25.0")
