@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cloudckpt.engine.commit import read_manifest
+from cloudckpt.engine.delta import materialize
 from cloudckpt.engine.keyselect import select_keys
 from cloudckpt.engine.pool import run_bounded
 from cloudckpt.engine.refs import resolver
@@ -170,8 +171,9 @@ def read_leaves(m: Manifest, indices: list[int], store: Store, *,
         for seg in rec.segments:
             jobs.setdefault(seg.chunk, []).append((view, seg.offset, seg.length, pos, rec.path))
             pos += seg.length
-    _fetch_all(m, _plan_runs(m, set(jobs)), jobs, resolver(store, storage_options), verify,
-               memory_budget, max_workers, store.uri)
+    full = {ci for ci in jobs if m.chunks[ci].base is None}
+    _fetch_all(m, [*_plan_runs(m, full), *sorted(set(jobs) - full)], jobs,
+               resolver(store, storage_options), verify, memory_budget, max_workers, store.uri)
     return out
 
 
@@ -198,12 +200,24 @@ def place(value: Any, rec: TensorRecord, map_location: Any) -> Any:
     return value if target.type == "cpu" else value.to(target)
 
 
-def _fetch_all(m: Manifest, runs: list[_Run], jobs: dict[int, list[Any]], resolve: Any,
+def _fetch_all(m: Manifest, runs: list[_Run | int], jobs: dict[int, list[Any]], resolve: Any,
                verify: bool, memory_budget: int, max_workers: int | None, uri: str) -> None:
-    biggest = max((r.end - r.start for r in runs), default=0)
+    """Fetch and decode ``runs``: byte ranges of objects, or (an int) one delta chunk, read
+    link by link down its chain (:func:`cloudckpt.engine.delta.materialize`)."""
+    biggest = max((r.end - r.start if isinstance(r, _Run) else 3 * m.chunks[r].raw_size
+                   for r in runs), default=0)
     in_flight = max(1, memory_budget // max(1, 2 * biggest + MiB))
 
-    def task(run: _Run) -> None:
+    def task(run: _Run | int) -> None:
+        if isinstance(run, int):
+            try:
+                raw = materialize(m, run, resolve, verify)
+            except CorruptCheckpoint as e:
+                paths = sorted({j[4] for j in jobs[run]})
+                raise CorruptCheckpoint(f"{uri}/{e}; tensor(s) {', '.join(paths[:5])}") from e
+            for view, off, length, pos, _path in jobs[run]:
+                view[pos:pos + length] = raw[off:off + length]
+            return
         st, key = resolve(run.ref)
         # capped at the declared size; one byte more for a whole object detects appended data
         data = st.get_range(key, run.start, run.end + (1 if run.whole else 0))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudckpt.engine.commit import read_manifest
+from cloudckpt.engine.delta import materialize
 from cloudckpt.engine.refs import resolver
 from cloudckpt.errors import CloudckptError, CorruptCheckpoint
 from cloudckpt.format.checksums import decode_chunk
@@ -93,7 +94,8 @@ def verify(uri: str | os.PathLike[str] | Store, *,
             stored = data[c.offset:c.offset + c.stored_size]
             who = ", ".join(sorted(set(owners.get(i, [])))[:3]) or "no tensor"
             try:
-                decode_chunk(c, stored)
+                base = None if c.base is None else materialize(m, c.base, resolve)
+                decode_chunk(c, stored, base_raw=base)
             except CorruptCheckpoint as e:
                 found.append(f"{obj}: chunk {i} ({who}) {e}")
         with lock:

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
+from cloudckpt.engine.delta import DeltaBase, DeltaSource, link_chains
 from cloudckpt.engine.pool import run_bounded
 from cloudckpt.engine.refs import parent_of
 from cloudckpt.errors import (
@@ -41,7 +42,7 @@ from cloudckpt.format.chunking import (
     plan_objects,
     segments_of,
 )
-from cloudckpt.format.codecs import check_compression, get_codec
+from cloudckpt.format.codecs import XorBGZstdCodec, check_compression, get_codec
 from cloudckpt.format.dedup import DedupIndex
 from cloudckpt.format.keys import MANIFEST_KEY, REF_MARK, data_key
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
@@ -73,6 +74,8 @@ class SaveInfo:
     #: stored bytes this save uploaded, and stored bytes it references in other checkpoints
     added_bytes: int = 0
     shared_bytes: int = 0
+    #: the committed manifest (records of what was written); None where not kept
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)
 
     @property
     def ratio(self) -> float:
@@ -166,7 +169,7 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
                   storage_class: str | None = None, signer: Signer | None = None,
                   dedup: DedupIndex | None = None,
                   ref_check: Callable[[frozenset[str]], bool] | None = None,
-                  protect: Collection[str] = ()) -> SaveInfo:
+                  protect: Collection[str] = (), delta: DeltaSource | None = None) -> SaveInfo:
     """Write an already encoded state (:func:`cloudckpt.format.tree.encode_tree`) and commit it.
     The background half of :func:`save`, for callers that snapshot the leaves first (async
     saves). Same options and errors as :func:`save`.
@@ -175,7 +178,8 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
     called right before the commit with the references the manifest holds; when it returns
     false (a referenced checkpoint went away meanwhile), everything is written again without
     references and the first attempt's data is discarded. ``protect``: keys of the replaced
-    checkpoint's data (``overwrite``) that other checkpoints reference: never swept."""
+    checkpoint's data (``overwrite``) that other checkpoints reference: never swept.
+    ``delta``: bases for delta chunks (see :func:`write_leaves`)."""
     t0 = time.perf_counter()
     check_compression(compression)
     if min(chunk_size, object_size, memory_budget) <= 0:
@@ -188,7 +192,8 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
             "memory_budget": memory_budget, "max_workers": max_workers,
             "storage_class": storage_class}
     save_id = new_save_id()
-    written = write_leaves(store, leaves, save_id, dedup=dedup, **opts)  # type: ignore[arg-type]
+    written = write_leaves(store, leaves, save_id, dedup=dedup, delta=delta,
+                           **opts)  # type: ignore[arg-type]
     refs = frozenset(c.object for c in written.chunks if c.object.startswith(REF_MARK))
     if refs and ref_check is not None and not ref_check(refs):
         first = [k for k in dict.fromkeys(c.object for c in written.chunks) if k not in refs]
@@ -200,7 +205,8 @@ def write_encoded(tree: Any, leaves: list[Leaf], uri: str | os.PathLike[str] | S
                     protect=protect)
     return SaveInfo(store.uri, save_id, manifest.raw_bytes, manifest.stored_bytes,
                     len(written.tensors), len(written.chunks), written.objects,
-                    time.perf_counter() - t0, manifest.added_bytes, manifest.shared_bytes)
+                    time.perf_counter() - t0, manifest.added_bytes, manifest.shared_bytes,
+                    manifest)
 
 
 def base_index(store: Store, base: Any, storage_options: Mapping[str, Any] | None
@@ -263,13 +269,16 @@ def write_leaves(store: Store, leaves: list[Leaf], save_id: str, *, compression:
                  chunk_size: int = DEFAULT_CHUNK_SIZE, object_size: int = DEFAULT_OBJECT_SIZE,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, max_workers: int | None = None,
                  storage_class: str | None = None,
-                 dedup: DedupIndex | None = None) -> WrittenLeaves:
+                 dedup: DedupIndex | None = None,
+                 delta: DeltaSource | None = None) -> WrittenLeaves:
     """Plan, encode, checksum and upload ``leaves`` as data objects under
     ``data/<save_id>/``, at most ``memory_budget`` bytes in flight; commits nothing. Shared by
     :func:`write_encoded` and the DCP writer (each rank calls it with its own ``save_id``).
     A chunk found in ``dedup`` is recorded as a reference and not uploaded (its raw digest is
     computed anyway, for the manifest: a save where nothing is shared costs nothing more).
-    On failure the objects written so far are discarded.
+    A changed float chunk for which ``delta`` has a base is stored as a delta when that is
+    smaller (:mod:`cloudckpt.engine.delta`). On failure the objects written so far are
+    discarded.
 
     Raises:
         StorageError and subclasses: an upload failed.
@@ -277,21 +286,25 @@ def write_leaves(store: Store, leaves: list[Leaf], save_id: str, *, compression:
     infos = [leaf_info(leaf.value) for leaf in leaves]
     chunks = plan_chunks(infos, compression, chunk_size)
     groups = plan_objects(chunks, object_size)
-    records, objects = _write_objects(store, leaves, chunks, groups, save_id, object_size,
-                                      memory_budget, max_workers, storage_class, dedup)
+    paths = [leaf.path for leaf in leaves]
+    records, chains, objects = _write_objects(store, leaves, chunks, groups, save_id,
+                                              object_size, memory_budget, max_workers,
+                                              storage_class, dedup,
+                                              (delta, paths) if delta else None)
     tensors = tuple(
         TensorRecord(leaf.path, "torch" if isinstance(leaf.value, torch.Tensor) else "numpy",
                      dtype_name(leaf.value.dtype), tuple(leaf.value.shape), infos[i].nbytes,
                      _device(leaf), tuple(Segment(*seg) for seg in segs))
         for i, (leaf, segs) in enumerate(zip(leaves, segments_of(chunks, len(leaves)),
                                              strict=True)))
-    return WrittenLeaves(tuple(records), tensors, objects)
+    return WrittenLeaves(tuple(link_chains(records, chains)), tensors, objects)
 
 
 def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
                    groups: list[list[int]], save_id: str, object_size: int, memory_budget: int,
                    max_workers: int | None, storage_class: str | None,
-                   dedup: DedupIndex | None) -> tuple[list[ChunkRecord], int]:
+                   dedup: DedupIndex | None, delta: tuple[DeltaSource, list[str]] | None
+                   ) -> tuple[list[ChunkRecord], dict[int, tuple[ChunkRecord, ...]], int]:
     readers = [_byte_reader(leaf.value) for leaf in leaves]
     # per task: encoded parts, then the joined body (parts freed), plus plane scratch and the
     # HTTP client's buffers: budget three object sizes each
@@ -299,6 +312,7 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
     workers = max(1, min(in_flight, max_workers or 8, len(groups) or 1))
     results: list[list[ChunkRecord] | None] = [None] * len(groups)
     written: list[str] = []
+    chains: dict[int, tuple[ChunkRecord, ...]] = {}
 
     def task(n: int) -> None:
         key = data_key(save_id, n)
@@ -314,10 +328,12 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
             if hit is not None:
                 recs.append(hit)
                 continue
-            enc = get_codec(plan.codec).encode(raw, plan.itemsize)
-            stored_sum = raw_sum if plan.codec == "none" else checksum(enc)
-            recs.append(ChunkRecord(key, offset, len(enc), len(raw), plan.codec, plan.itemsize,
-                                    stored_sum, raw_sum))
+            codec, enc, base = _encode(plan, raw, delta)
+            stored_sum = raw_sum if codec == "none" else checksum(enc)
+            recs.append(ChunkRecord(key, offset, len(enc), len(raw), codec, plan.itemsize,
+                                    stored_sum, raw_sum, None if base is None else -1))
+            if base is not None:
+                chains[ci] = base.chain
             parts.append(enc)
             offset += len(enc)
         results[n] = recs
@@ -340,4 +356,23 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
         elif isinstance(err, Exception):  # a real crash (BaseException) cleans nothing up
             discard(store, written)
         raise err
-    return [r for group in results for r in (group or [])], len(written)
+    return [r for group in results for r in (group or [])], chains, len(written)
+
+
+def _encode(plan: ChunkPlan, raw: memoryview, delta: tuple[DeltaSource, list[str]] | None
+            ) -> tuple[str, bytes | memoryview, DeltaBase | None]:
+    """(codec, stored bytes, base if a delta) for one chunk: a delta against the previous
+    copy of the same tensor region when there is one and it is the smaller encoding."""
+    base = None
+    if delta is not None and plan.codec == "bg-zstd" and len(plan.pieces) == 1:
+        li, start, end = plan.pieces[0]
+        base = delta[0].base_for(delta[1][li], start, end - start)
+    if base is None or base.raw.size != len(raw):
+        return plan.codec, get_codec(plan.codec).encode(raw, plan.itemsize), None
+    xor = np.bitwise_xor(np.frombuffer(raw, dtype=np.uint8), base.raw)
+    enc = XorBGZstdCodec().encode(xor.data, plan.itemsize)
+    if len(enc) > 0.8 * len(raw):  # weights that moved a lot: try the plain encoding too
+        full = get_codec(plan.codec).encode(raw, plan.itemsize)
+        if len(full) <= len(enc):
+            return plan.codec, full, None
+    return XorBGZstdCodec.name, enc, base

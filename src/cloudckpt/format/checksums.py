@@ -37,10 +37,14 @@ def matches(data: Buffer, recorded: str) -> bool:
 
 
 def decode_chunk(c: ChunkRecord, stored: bytes | memoryview, *, verify: bool = True,
-                 out: np.ndarray[Any, Any] | None = None) -> Any:
+                 out: np.ndarray[Any, Any] | None = None,
+                 base_raw: Buffer | None = None) -> Any:
     """Check ``stored`` against ``c`` and decode it: into ``out`` (a writable uint8 array of
     ``c.raw_size`` bytes) when given, else into new memory, which is returned. Decoding never
-    allocates more than ``c.raw_size`` bytes. Any thread may call this.
+    allocates more than ``c.raw_size`` bytes. A delta chunk (``c.base`` set) needs
+    ``base_raw``, the decoded bytes of its base; without it only the stored bytes and their
+    encoding are checked, and the XOR is returned (for repair, which works on stored bytes).
+    Any thread may call this.
 
     Raises:
         CorruptCheckpoint: wrong size, a checksum fails (``verify``), or the codec cannot
@@ -59,6 +63,15 @@ def decode_chunk(c: ChunkRecord, stored: bytes | memoryview, *, verify: bool = T
             raw = np.frombuffer(codec.decode(stored, c.raw_size, c.itemsize), dtype=np.uint8)
     except CorruptCheckpoint as e:
         raise CorruptCheckpoint(f"cannot be decoded ({e})") from e
+    if c.base is not None:
+        if base_raw is None:
+            return raw
+        base = np.frombuffer(base_raw, dtype=np.uint8)
+        if base.size != c.raw_size:
+            raise CorruptCheckpoint("its base has another size")
+        if not raw.flags.writeable:
+            raw = raw.copy()
+        np.bitwise_xor(raw, base, out=raw)
     if verify and c.codec != "none" and not matches(raw, c.raw_xxh3):
         raise CorruptCheckpoint("decoded bytes fail their checksum")
     return raw

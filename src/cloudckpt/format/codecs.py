@@ -25,8 +25,9 @@ import zstandard
 
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
 
-__all__ = ["CODEC_ENTRY_POINT_GROUP", "BGZstdCodec", "Codec", "NoneCodec", "ZstdCodec",
-           "check_compression", "get_codec", "is_known_codec", "register_codec"]
+__all__ = ["CODEC_ENTRY_POINT_GROUP", "DELTA_CODECS", "BGZstdCodec", "Codec", "NoneCodec",
+           "XorBGZstdCodec", "ZstdCodec", "check_compression", "get_codec", "is_known_codec",
+           "register_codec"]
 
 ZSTD_LEVEL = 1
 #: zstd-1 with a tiny match finder for byte planes: exponent bytes are near order-0 data, so
@@ -201,6 +202,20 @@ class BGZstdCodec:
             raise CorruptCheckpoint("byte-grouped chunk has trailing bytes")
 
 
+class XorBGZstdCodec(BGZstdCodec):
+    """A delta: the XOR of a chunk's bit patterns with its base chunk's (the same tensor
+    region in an earlier checkpoint), byte-grouped and zstd-compressed. Encodes and decodes
+    the XOR; undoing it needs the base (:func:`cloudckpt.format.checksums.decode_chunk`).
+    Unchanged high bytes (sign, exponent) XOR to zero planes that compress to almost
+    nothing."""
+
+    name = "xor-bg-zstd"
+
+
+#: codecs whose chunks are deltas against a base chunk (the record's ``base``)
+DELTA_CODECS = frozenset({XorBGZstdCodec.name})
+
+
 class _CodecRegistry:
     """Codecs by name. Built-ins are always present; plug-ins come from
     :func:`register_codec` or the ``cloudckpt.codecs`` entry-point group (loaded once, the
@@ -240,7 +255,7 @@ class _CodecRegistry:
 
 
 CODEC_ENTRY_POINT_GROUP = "cloudckpt.codecs"
-_REGISTRY = _CodecRegistry((NoneCodec(), ZstdCodec(), BGZstdCodec()))
+_REGISTRY = _CodecRegistry((NoneCodec(), ZstdCodec(), BGZstdCodec(), XorBGZstdCodec()))
 
 
 def register_codec(codec: Codec) -> None:
@@ -279,7 +294,7 @@ def check_compression(name: str) -> str:
     Raises:
         InvalidArgument: anything else.
     """
-    if name != "auto" and not is_known_codec(name):
+    if name != "auto" and (name in DELTA_CODECS or not is_known_codec(name)):
         raise InvalidArgument(f"compression must be 'auto' or a codec name "
                               f"({', '.join(_REGISTRY.names())}), not {name!r}")
     return name

@@ -42,8 +42,8 @@ class DedupIndex:
         entries: dict[ChunkId, ChunkRecord] = {}
         for name, m in sources:
             for c in m.chunks:
-                if len(c.raw_xxh3) != 32:  # 64-bit digests (format 1) are not addresses
-                    continue
+                if len(c.raw_xxh3) != 32 or c.base is not None:
+                    continue  # 64-bit digests (format 1) are no addresses; deltas need a base
                 key = run_key(name, c.object)
                 if key in blocked:
                     continue

@@ -26,7 +26,7 @@ from typing import Any
 
 from cloudckpt._version import __version__
 from cloudckpt.errors import CorruptCheckpoint, UntrustedCheckpoint
-from cloudckpt.format.codecs import is_known_codec
+from cloudckpt.format.codecs import DELTA_CODECS, is_known_codec
 from cloudckpt.format.keys import validate_key
 from cloudckpt.format.signing import DOMAIN, Signer, Verifier
 
@@ -52,6 +52,8 @@ _DTYPE = re.compile(r"^[A-Za-z0-9_<>|=]{1,32}$")
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 MAX_CHUNK_BYTES = 1 << 31
 MAX_DIMS = 64
+#: a delta chunk's chain of bases is at most this long
+MAX_CHAIN = 64
 _SIBLING = re.compile(r"^@([A-Za-z0-9._=-]+)/(.+)$")
 
 
@@ -67,6 +69,9 @@ class ChunkRecord:
     itemsize: int
     stored_xxh3: str
     raw_xxh3: str
+    #: a delta (codec in DELTA_CODECS): index, in the same manifest, of the chunk whose raw
+    #: bytes it is XORed with
+    base: int | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ def encode_manifest(m: Manifest, signer: Signer | None = None) -> bytes:
         "tensors": [[t.path, t.kind, t.dtype, list(t.shape), t.nbytes, t.device,
                      [[s.chunk, s.offset, s.length] for s in t.segments]] for t in m.tensors],
         "chunks": [[c.object, c.offset, c.stored_size, c.raw_size, c.codec, c.itemsize,
-                    c.stored_xxh3, c.raw_xxh3] for c in m.chunks],
+                    c.stored_xxh3, c.raw_xxh3, *(() if c.base is None else (c.base,))]
+                   for c in m.chunks],
         "totals": {"raw_bytes": m.raw_bytes, "stored_bytes": m.stored_bytes,
                    "tensors": len(m.tensors), "chunks": len(m.chunks)},
     }, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode()
@@ -209,12 +215,15 @@ def check_object_ref(ref: str) -> str:
 
 
 def _chunk(v: Any, i: int) -> ChunkRecord:
-    if not isinstance(v, list) or len(v) != 8:
-        raise _fail(f"chunk {i} must be an 8-element list")
+    if not isinstance(v, list) or len(v) not in (8, 9):
+        raise _fail(f"chunk {i} must be an 8- or 9-element list")
     c = ChunkRecord(check_object_ref(_str(v[0], "chunk object")), _int(v[1], "chunk offset"),
                     _int(v[2], "chunk stored_size"), _int(v[3], "chunk raw_size"),
                     _str(v[4], "chunk codec"), _int(v[5], "chunk itemsize", 1),
-                    _str(v[6], "stored checksum"), _str(v[7], "raw checksum"))
+                    _str(v[6], "stored checksum"), _str(v[7], "raw checksum"),
+                    _int(v[8], "chunk base") if len(v) == 9 else None)
+    if (c.base is not None) != (c.codec in DELTA_CODECS):
+        raise _fail(f"chunk {i}: a delta codec needs a base chunk, and only a delta has one")
     if max(c.raw_size, c.stored_size) > MAX_CHUNK_BYTES:
         raise _fail(f"chunk {i} is larger than the format allows ({MAX_CHUNK_BYTES} bytes)")
     if not is_known_codec(c.codec):
@@ -222,6 +231,19 @@ def _chunk(v: Any, i: int) -> ChunkRecord:
     if not (_DIGEST.match(c.stored_xxh3) and _DIGEST.match(c.raw_xxh3)):
         raise _fail(f"chunk {i} has malformed checksums")
     return c
+
+
+def _check_chains(chunks: tuple[ChunkRecord, ...]) -> None:
+    """Every delta's chain of bases stays inside the manifest, has no cycle, matches in size
+    and ends at a full chunk within MAX_CHAIN links."""
+    for i, c in enumerate(chunks):
+        cur, links = c, 0
+        while cur.base is not None:
+            if cur.base >= len(chunks) or chunks[cur.base].raw_size != cur.raw_size:
+                raise _fail(f"chunk {i}: its base is missing or of another size")
+            cur, links = chunks[cur.base], links + 1
+            if links > MAX_CHAIN:
+                raise _fail(f"chunk {i}: more than {MAX_CHAIN} delta links (or a cycle)")
 
 
 def _tensor(v: Any, i: int, chunks: tuple[ChunkRecord, ...]) -> TensorRecord:
@@ -318,6 +340,7 @@ def decode_manifest(data: bytes, verifier: Verifier | None = None) -> Manifest:
     if not isinstance(d["chunks"], list) or not isinstance(d["tensors"], list):
         raise _fail("chunks and tensors must be lists")
     chunks = tuple(_chunk(c, i) for i, c in enumerate(d["chunks"]))
+    _check_chains(chunks)
     tensors = tuple(_tensor(t, i, chunks) for i, t in enumerate(d["tensors"]))
     if not isinstance(d["metadata"], dict):
         raise _fail("metadata must be an object")

@@ -23,6 +23,7 @@ from cloudckpt.errors import CloudckptError, InvalidArgument
 from cloudckpt.manager.background import BackgroundSaver
 from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.decisions import DecisionContext, SaveDecisionPolicy, SavePoint, decide
+from cloudckpt.manager.deltas import DeltaCache
 from cloudckpt.manager.distributed import (
     choose_step_collectively,
     is_distributed,
@@ -77,9 +78,8 @@ class CheckpointManager:
     turns preemption signals into a flag: see :attr:`preempted`, :meth:`save_on_preemption`.
     ``commit_options`` (:class:`CommitOptions`): read each checkpoint back before retention
     (``verify_after_save``) and an ``on_commit`` hook (experiment tracking).
-    ``incremental`` (:class:`IncrementalOptions`): chunks unchanged since the previous
-    checkpoint are referenced, not uploaded (on by default), and the grace period of data
-    that retention releases.
+    ``incremental`` (:class:`IncrementalOptions`): unchanged chunks are referenced, not
+    uploaded (on by default), deltas (opt-in), the grace period of released data.
 
     Raises (constructor): InvalidURI, InvalidArgument (a bad mode or option object; preemption
     handling requested off the main thread).
@@ -122,6 +122,7 @@ class CheckpointManager:
         self._history: list[tuple[int, dict[str, float]]] = []
         self._lineage = LineageState()
         self._stager = Stager()
+        self._deltas = DeltaCache(incremental.full_every) if incremental.delta else None
         self._background = BackgroundSaver(self.uri, self.async_options.exit_timeout)
         self._preemption = None if preempt is None else \
             PreemptionWatch(preempt.signals, preempt.deadline)
@@ -239,7 +240,7 @@ class CheckpointManager:
                 return None
             meta[META_KEY]["generation"] = plan.generation
             info = write_step(ctx, step, tree, leaves, meta, overwrite=plan.overwrite,
-                              generation=plan.generation)
+                              generation=plan.generation, deltas=self._deltas)
             self._history = history
             return after_commit(ctx, self.commit_options, step, info, plan.generation,
                                 epoch=epoch, metrics=mets, background=not blocking)

@@ -125,16 +125,27 @@ class IncrementalOptions:
     time a save takes from its last check to its commit (the commit's time bound, minutes at
     most). ``0`` deletes at once: only for a run with one writer and no concurrent ``gc``.
 
+    ``delta`` (opt-in): a changed float chunk is stored as the XOR of its bits with the
+    previous save's (byte-grouped, zstd) when that is smaller; ``full_every``: a full copy of
+    each chunk at least every that many saves, so a restore reads at most ``full_every``
+    links per chunk. Costs one host copy of the saved float tensors, kept between saves.
+
     Raises:
-        InvalidArgument: ``dedup`` is not a bool, ``grace`` negative.
+        InvalidArgument: ``dedup``/``delta`` not bools, ``grace`` negative, ``full_every``
+            not an int in 1..64.
     """
 
     dedup: bool = True
     grace: float = 900.0
+    delta: bool = False
+    full_every: int = 4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dedup, bool):
-            raise InvalidArgument(f"dedup must be True or False, not {self.dedup!r}")
+        if not isinstance(self.dedup, bool) or not isinstance(self.delta, bool):
+            raise InvalidArgument(f"dedup and delta must be True or False, not "
+                                  f"{self.dedup!r}, {self.delta!r}")
+        if type(self.full_every) is not int or not 1 <= self.full_every <= 64:
+            raise InvalidArgument(f"full_every must be an int in 1..64, not {self.full_every!r}")
         if not isinstance(self.grace, (int, float)) or self.grace < 0:
             raise InvalidArgument(f"grace must be a number of seconds >= 0, not {self.grace!r}")
 

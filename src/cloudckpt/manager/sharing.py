@@ -114,29 +114,31 @@ def pending(releases: Collection[Release]) -> set[str]:
     return set().union(*(r.objects for r in releases)) if releases else set()
 
 
-def dedup_index(ctx: RunContext, step: int, generation: int | None) -> DedupIndex | None:
+def dedup_index(ctx: RunContext, step: int, generation: int | None
+                ) -> tuple[DedupIndex | None, int | None]:
     """What the save of ``step`` may reference: the chunks of the newest committed hot
     checkpoint (not moved to a colder tier) of the lineage of ``generation`` that is older
-    than ``step``, minus released objects. ``None`` when dedup is off or there is nothing.
-    A failure to read is logged and means no dedup (the save goes on)."""
-    if not ctx.incremental.dedup:
-        return None
+    than ``step``, minus released objects, and that checkpoint's step (the base of deltas).
+    ``(None, None)`` when dedup and deltas are off or there is nothing. A failure to read is
+    logged and means no sharing (the save goes on)."""
+    if not (ctx.incremental.dedup or ctx.incremental.delta):
+        return None, None
     try:
         listing = ctx.index.scan()
         recs = [r for r in live_records(ctx, ctx.records(listing), of=generation)
                 if r.location == "hot" and r.tier is None and r.step < step
                 and r.step in listing.committed]
         if not recs:
-            return None
+            return None, None
         src = recs[-1].step
         m = ctx.index.manifest(src, listing.committed[src])
-        if m is None:
-            return None
-        return DedupIndex.of([(step_dir(src), m)], blocked=pending(read_releases(ctx)))
+        if m is None or not ctx.incremental.dedup:
+            return None, None if m is None else src
+        return DedupIndex.of([(step_dir(src), m)], blocked=pending(read_releases(ctx))), src
     except CloudckptError as e:
         log.warning("incremental save of step %d: cannot index the previous checkpoint (%s); "
                     "writing every chunk", step, e)
-        return None
+        return None, None
 
 
 def referenceable(ctx: RunContext, step: int, refs: frozenset[str]) -> bool:

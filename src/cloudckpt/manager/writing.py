@@ -21,6 +21,7 @@ from cloudckpt.errors import InvalidArgument
 from cloudckpt.format.keys import step_dir
 from cloudckpt.format.tree import Leaf, encode_tree
 from cloudckpt.manager.context import RunContext
+from cloudckpt.manager.deltas import DeltaCache
 from cloudckpt.manager.index import META_KEY
 from cloudckpt.manager.sharing import dedup_index, referenceable, referenced
 from cloudckpt.manager.state import capture
@@ -74,12 +75,15 @@ def encode_step(ctx: RunContext, step: int, objects: Mapping[str, Any], *, epoch
 
 def write_step(ctx: RunContext, step: int, tree: Any, leaves: list[Leaf],
                meta: Mapping[str, Any], *, overwrite: bool = False,
-               generation: int | None = None) -> SaveInfo:
+               generation: int | None = None, deltas: DeltaCache | None = None) -> SaveInfo:
     """Write and commit ``step`` under the run root: create-only, or replacing the checkpoint
     there when ``overwrite`` (one not in the saver's lineage, see :mod:`.lineage`). Chunks
     equal to the previous checkpoint's in the lineage of ``generation`` are referenced, not
-    uploaded (``ctx.incremental``; the protocol is in :mod:`.sharing`). On the training
-    thread (blocking) or the background thread (async); one call per step at a time.
+    uploaded (``ctx.incremental``; the protocol is in :mod:`.sharing`); with ``deltas``, a
+    changed float chunk may be stored as a delta against the previous save (when the cache
+    remembers the checkpoint this save builds on), and the cache is refilled after the
+    commit. On the training thread (blocking) or the background thread (async); one call
+    per step at a time.
 
     Raises:
         AlreadyExists: ``step`` is already committed in this run's lineage (another writer of
@@ -94,10 +98,19 @@ def write_step(ctx: RunContext, step: int, tree: Any, leaves: list[Leaf],
     if isinstance(meta.get(META_KEY), dict):  # wall clock, like the manifest's ``created``:
         # together they give the save's duration (data upload up to the manifest) for reports
         meta = {**meta, META_KEY: {**meta[META_KEY], "write_started": time.time()}}
-    info = write_encoded(tree, leaves, ctx.step_store(step), metadata=meta,
-                         compression=ctx.compression, overwrite=overwrite,
-                         dedup=dedup_index(ctx, step, generation),
-                         ref_check=lambda refs: _check_refs(ctx, step, refs), protect=protect)
+    dedup, src = dedup_index(ctx, step, generation)
+    base = deltas if deltas is not None and src is not None and deltas.step == src else None
+    try:
+        info = write_encoded(tree, leaves, ctx.step_store(step), metadata=meta,
+                             compression=ctx.compression, overwrite=overwrite, dedup=dedup,
+                             ref_check=lambda refs: _check_refs(ctx, step, refs),
+                             protect=protect, delta=base)
+    except BaseException:
+        if deltas is not None:
+            deltas.clear()
+        raise
+    if deltas is not None and info.manifest is not None:
+        deltas.remember(step, info.manifest, leaves)
     log.info("committed step %d to %s (%.1f MiB stored: %.1f MiB new, %.1f MiB referenced)",
              step, info.uri, info.stored_bytes / 2**20, info.added_bytes / 2**20,
              info.shared_bytes / 2**20)
