@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cloudckpt", description=__doc__.split("\n\n")[0],
                                 epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(p, top=True)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="run 'cloudckpt COMMAND --help' for its options and examples")
     for module in (inspect_cmds, manage_cmds, convert_cmds, average_cmds, repair_cmds,
                    report_cmds, download_cmds):
         module.register(sub)
