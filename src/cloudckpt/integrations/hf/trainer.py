@@ -11,7 +11,7 @@ the run's lineage (:mod:`cloudckpt.manager.lineage`): resuming from the latest c
 continues the run; resuming from an older one (``"best"``, an int step) *forks* it. The
 checkpoints newer than the fork point stay in the store but leave the live lineage:
 ``latest``, auto-resume and retention no longer see them, and this run's saves of those steps
-replace them (``cloudckpt ls`` shows each checkpoint's generation).
+replace them (``cloudckpt ls --json`` and ``cloudckpt report`` show each checkpoint's generation).
 """
 
 from __future__ import annotations
