@@ -87,3 +87,18 @@ def test_model_config_is_the_config_json_content() -> None:
     assert cfg is not None and cfg["hidden_size"] == 32 and cfg["model_type"] == "bert"
     assert BertConfig.from_dict(cfg).to_dict() == M.config.to_dict()
     assert model_config(torch.nn.Linear(2, 2)) is None
+
+
+def test_preemption_in_manager_options_is_handled_by_the_callback(tmp_path: Any) -> None:
+    from cloudckpt import PreemptionOptions
+    from cloudckpt.integrations.hf import CloudckptCallback
+
+    cb = CloudckptCallback(str(tmp_path), manager_options={"preemption": True})
+    assert cb.preemption == PreemptionOptions() and "preemption" not in cb.manager_options
+    cb = CloudckptCallback(str(tmp_path), preemption=PreemptionOptions(deadline=5.0))
+    assert cb.preemption is not None and cb.preemption.deadline == 5.0
+    assert CloudckptCallback(str(tmp_path)).preemption is None
+    with pytest.raises(InvalidArgument):
+        CloudckptCallback(str(tmp_path), preemption="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        CloudckptCallback(str(tmp_path), async_save="yes")  # type: ignore[arg-type]
