@@ -31,6 +31,7 @@ from cloudckpt.manager import AsyncOptions, CheckpointManager, CheckpointRecord,
 from cloudckpt.manager.lineage import live_records
 from cloudckpt.manager.options import PreemptionOptions, preemption_options
 from cloudckpt.manager.preemption import PreemptionWatch
+from cloudckpt.storage import Store
 
 __all__ = ["CloudckptCallback"]
 
@@ -54,7 +55,8 @@ def model_config(model: Any) -> dict[str, Any] | None:
 class CloudckptCallback(TrainerCallback):  # type: ignore[misc, unused-ignore]
     """Save (and at the end, load the best) ``Trainer`` checkpoints through cloudckpt.
 
-    ``uri``: the run root (``s3://bucket/run``, ``gs://...``, a local path...).
+    ``uri``: the run root (``s3://bucket/run``, ``gs://...``, a local path..., or a
+    :class:`~cloudckpt.storage.Store`).
     ``storage_options``: fsspec options for the store. ``compression``: as for
     :func:`cloudckpt.save`. ``async_save``: save in the background (the training thread only
     snapshots the tensors; see :class:`~cloudckpt.AsyncOptions`); every save is committed, or
@@ -71,7 +73,7 @@ class CloudckptCallback(TrainerCallback):  # type: ignore[misc, unused-ignore]
     Raises (constructor): InvalidArgument: a bad ``preemption`` or ``async_save``.
     """
 
-    def __init__(self, uri: str, *, storage_options: Mapping[str, Any] | None = None,
+    def __init__(self, uri: str | Store, *, storage_options: Mapping[str, Any] | None = None,
                  compression: str = "auto", manager_options: Mapping[str, Any] | None = None,
                  async_save: bool = False, preemption: PreemptionOptions | bool = False,
                  exit_on_preemption: bool = True) -> None:

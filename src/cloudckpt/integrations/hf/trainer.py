@@ -28,6 +28,7 @@ from cloudckpt.integrations.hf.callback import CloudckptCallback
 from cloudckpt.integrations.hf.pretrained import export_pretrained
 from cloudckpt.manager.lineage import live_records
 from cloudckpt.manager.options import PreemptionOptions
+from cloudckpt.storage import Store
 
 __all__ = ["CloudckptTrainer"]
 
@@ -74,7 +75,7 @@ class CloudckptTrainer(TrainerHooks):  # type: ignore[misc, unused-ignore]
     ``preemption``/``async_save``.
     """
 
-    def __init__(self, *args: Any, checkpoint_uri: str,
+    def __init__(self, *args: Any, checkpoint_uri: str | Store,
                  storage_options: Mapping[str, Any] | None = None, compression: str = "auto",
                  manager_options: Mapping[str, Any] | None = None, auto_resume: bool = True,
                  async_save: bool = False, preemption: PreemptionOptions | bool = False,
