@@ -136,6 +136,9 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
                 sched.step()
             mgr.save(3, model=model, optimizer=opt, scheduler=sched, epoch=0,
                      metrics={"loss": 0.5}, extra={"note": "dist"})
+            if "-twice" in mode:  # nothing changed: each rank shares its shards with step 3
+                mgr.save(4, model=model, optimizer=opt, scheduler=sched, epoch=0,
+                         metrics={"loss": 0.5}, extra={"note": "dist"})
             result = {"digest": digest(model), "last_epoch": sched.last_epoch}
         else:
             st = mgr.restore(model=model, optimizer=opt, scheduler=sched)

@@ -94,3 +94,25 @@ def test_manager_uses_dcp_on_two_ranks_and_restores_anywhere(backend: str, shard
             assert r["digest"] == saved[0]["digest"]
             assert r["step"] == 3 and r["last_epoch"] == saved[0]["last_epoch"]
             assert r["extra"] == {"note": "dist"} and r["opt_steps"] == [3.0] * 4
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
+def test_each_rank_shares_unchanged_shards_with_the_previous_checkpoint(sharding: str, emus,  # type: ignore[no-untyped-def]
+                                                                       tmp_path) -> None:
+    f = StoreFactory("s3", emus, tmp_path)
+    uri = f.uri("run")
+    suffix = "-twice" + ("-fsdp2" if sharding == "fsdp2" else "")
+    saved = _spawn_job(dist_worker.manager_job, 2, "save" + suffix, uri, f.options, tmp_path)
+    m3 = cloudckpt.inspect(f"{uri}/step-{3:012d}", storage_options=f.options)
+    m4 = cloudckpt.inspect(f"{uri}/step-{4:012d}", storage_options=f.options)
+    model_chunks = {s.chunk for t in m4.tensors if t.path.startswith("objects.")
+                    for s in t.segments}
+    assert all(m4.chunks[c].object.startswith("@step-000000000003/") for c in model_chunks)
+    assert m4.shared_bytes >= 0.9 * sum(m3.chunks[c].stored_size for c in
+                                        {s.chunk for t in m3.tensors if t.path.startswith("objects.")
+                                         for s in t.segments})
+    assert cloudckpt.verify(f"{uri}/step-{4:012d}", storage_options=f.options).ok
+    for world in (2, 1):
+        restored = _spawn_job(dist_worker.manager_job, world, "restore" + suffix, uri, f.options,
+                              tmp_path)
+        assert all(r["digest"] == saved[0]["digest"] and r["step"] == 4 for r in restored)

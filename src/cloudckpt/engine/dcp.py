@@ -30,20 +30,16 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch.distributed.checkpoint.metadata import (
-    BytesStorageMetadata,
-    ChunkStorageMetadata,
     Metadata,
     MetadataIndex,
     StorageMeta,
-    TensorProperties,
-    TensorStorageMetadata,
 )
 from torch.distributed.checkpoint.planner import (
     LoadPlan,
@@ -55,18 +51,25 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from cloudckpt.engine.commit import commit_manifest, read_manifest
+from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
+from cloudckpt.engine.dcp_metadata import decode_metadata, encode_metadata
 from cloudckpt.engine.reader import read_leaves
 from cloudckpt.engine.writer import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MEMORY_BUDGET,
     DEFAULT_OBJECT_SIZE,
+    base_index,
     write_leaves,
 )
-from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidURI, UnsupportedValue
-from cloudckpt.format.chunking import dtype_name
-from cloudckpt.format.dtypes import torch_dtype
-from cloudckpt.format.keys import MANIFEST_KEY
+from cloudckpt.errors import (
+    AlreadyExists,
+    CorruptCheckpoint,
+    InvalidURI,
+    TransientStorageError,
+    UnsupportedValue,
+)
+from cloudckpt.format.dedup import DedupIndex
+from cloudckpt.format.keys import MANIFEST_KEY, REF_MARK
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
 from cloudckpt.format.signing import Signer, Verifier
 from cloudckpt.format.tree import Leaf, decode_tree, encode_tree
@@ -168,16 +171,22 @@ class _Target:
 
 class Writer(_Target, StorageWriter):
     """Writes a DCP checkpoint to ``uri`` (any cloudckpt URI). ``overwrite`` replaces a
-    committed checkpoint. Options (``signer`` included) as for :func:`cloudckpt.save`."""
+    committed checkpoint. Options (``signer``, ``base``) as for :func:`cloudckpt.save`: with
+    ``base`` (a sibling checkpoint) each rank references the base's chunks equal to its own
+    instead of uploading them, and the coordinator checks before the commit that the base is
+    still committed (``dedup``/``ref_check`` instead: the manager's run-wide rules)."""
 
     def __init__(self, uri: str | os.PathLike[str] | Store | None = None, *,
                  storage_options: Mapping[str, Any] | None = None, compression: str = "auto",
                  overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  object_size: int = DEFAULT_OBJECT_SIZE,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 metadata: Mapping[str, Any] | None = None, signer: Signer | None = None) -> None:
+                 metadata: Mapping[str, Any] | None = None, signer: Signer | None = None,
+                 base: str | os.PathLike[str] | Store | None = None,
+                 dedup: DedupIndex | None = None,
+                 ref_check: Callable[[frozenset[str]], bool] | None = None) -> None:
         _Target.__init__(self, uri, storage_options)
-        self.signer = signer
+        self.signer, self.base, self.dedup, self.ref_check = signer, base, dedup, ref_check
         self.compression, self.overwrite = compression, overwrite
         self.chunk_size, self.object_size = chunk_size, object_size
         self.memory_budget = memory_budget
@@ -211,9 +220,12 @@ class Writer(_Target, StorageWriter):
             else:
                 value = planner.resolve_data(item).detach()
             leaves.append(Leaf(f"{item.index.fqn}", value, i))
+        dedup = self.dedup if self.base is None else \
+            base_index(store, self.base, self.storage_options)[0]
         written = write_leaves(store, leaves, f"{self.save_id}-{prefix}",
                                compression=self.compression, chunk_size=self.chunk_size,
-                               object_size=self.object_size, memory_budget=self.memory_budget)
+                               object_size=self.object_size, memory_budget=self.memory_budget,
+                               dedup=dedup)
         results = []
         for item, rec in zip(plan.items, written.tensors, strict=True):
             used = sorted({seg.chunk for seg in rec.segments})
@@ -256,8 +268,15 @@ class Writer(_Target, StorageWriter):
         for fqn, _offset, ti, _b in index:
             tree.setdefault(fqn, []).append({"t": "leaf", "i": ti})
         json_tree = {"t": "dict", "items": [[k, {"t": "list", "items": v}] for k, v in tree.items()]}
-        meta = {**self.user_metadata, DCP_KEY: _encode_metadata(metadata, index)}
+        meta = {**self.user_metadata, DCP_KEY: encode_metadata(metadata, index)}
         manifest = new_manifest(self.save_id, json_tree, tuple(tensors), tuple(chunks), meta)
+        check = self.ref_check if self.base is None else \
+            base_index(store, self.base, self.storage_options)[1]
+        refs = frozenset(c.object for c in chunks if c.object.startswith(REF_MARK))
+        if refs and check is not None and not check(refs):
+            discard(store, manifest.objects)
+            raise TransientStorageError(f"{store.uri}: data this save shares was released "
+                                        "meanwhile (retention or gc elsewhere); save again")
         commit_manifest(store, manifest, overwrite=self.overwrite, signer=self.signer)
 
     def storage_meta(self) -> StorageMeta | None:
@@ -270,54 +289,6 @@ class Writer(_Target, StorageWriter):
         except InvalidURI:
             return False
         return True
-
-
-def _encode_metadata(md: Metadata, index: list[Any]) -> dict[str, Any]:
-    sdm: dict[str, Any] = {}
-    for fqn, m in md.state_dict_metadata.items():
-        if isinstance(m, BytesStorageMetadata):
-            sdm[fqn] = {"type": "bytes"}
-        else:
-            p = m.properties
-            sdm[fqn] = {"type": "tensor", "dtype": dtype_name(p.dtype),
-                        "requires_grad": bool(p.requires_grad), "size": list(m.size),
-                        "chunks": [[list(c.offsets), list(c.sizes)] for c in m.chunks]}
-    planner_tree, leaves = encode_tree(md.planner_data)
-    if leaves:
-        raise CorruptCheckpoint("DCP planner data unexpectedly holds tensors")
-    sm = md.storage_meta
-    return {"version": md.version, "state_dict_metadata": sdm, "planner_data": planner_tree,
-            "storage_meta": None if sm is None else {
-                "checkpoint_id": None if sm.checkpoint_id is None else str(sm.checkpoint_id),
-                "save_id": sm.save_id, "load_id": sm.load_id, "modules": list(sm.modules)},
-            "index": index}
-
-
-def _decode_metadata(d: Any) -> tuple[Metadata, dict[MetadataIndex, int]]:
-    try:
-        sdm: dict[str, Any] = {}
-        for fqn, m in d["state_dict_metadata"].items():
-            if m["type"] == "bytes":
-                sdm[fqn] = BytesStorageMetadata()
-                continue
-            dt = torch_dtype(m["dtype"])
-            sdm[fqn] = TensorStorageMetadata(
-                properties=TensorProperties(dtype=dt, requires_grad=bool(m["requires_grad"])),
-                size=torch.Size(m["size"]),
-                chunks=[ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s))
-                        for o, s in m["chunks"]])
-        storage: dict[MetadataIndex, int] = {}
-        for fqn, offset, ti, _is_bytes in d["index"]:
-            idx = MetadataIndex(fqn=fqn, offset=None if offset is None else torch.Size(offset))
-            storage[idx] = int(ti)
-        sm = d.get("storage_meta")
-        meta = Metadata(state_dict_metadata=sdm,
-                        planner_data=decode_tree(d["planner_data"], lambda i: None),
-                        storage_data=storage, version=d.get("version"),
-                        storage_meta=None if sm is None else StorageMeta(**sm))
-        return meta, storage
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CorruptCheckpoint(f"invalid DCP metadata in manifest: {e}") from e
 
 
 class Reader(_Target, StorageReader):
@@ -343,7 +314,7 @@ class Reader(_Target, StorageReader):
             raise CorruptCheckpoint(f"{self.uri} is a cloudckpt checkpoint but not a DCP one; "
                                     "use cloudckpt.load")
         self._manifest = m
-        md, self._storage = _decode_metadata(m.metadata[DCP_KEY])
+        md, self._storage = decode_metadata(m.metadata[DCP_KEY])
         return md
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,12 @@ import torch
 import torch.distributed as dist
 
 from cloudckpt.errors import CorruptCheckpoint, InvalidArgument
+from cloudckpt.format.dedup import DedupIndex
 from cloudckpt.format.tree import decode_tree, encode_tree
 from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.lifecycle import retain_after_commit
 from cloudckpt.manager.resolve import check_which, resolve_step
+from cloudckpt.manager.sharing import dedup_index, referenceable
 from cloudckpt.manager.state import TRAINING_FORMAT, capture, capture_rng, restore_rng
 from cloudckpt.manager.writing import index_metadata
 from cloudckpt.storage import Store
@@ -132,8 +134,10 @@ def split_objects(objects: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def save_distributed(store: Store, step: int, objects: Mapping[str, Any], tree: Mapping[str, Any],
-                     meta: Mapping[str, Any], compression: str) -> None:
-    """Collective save of one step to ``store`` (the step's directory)."""
+                     meta: Mapping[str, Any], compression: str, dedup: DedupIndex | None = None,
+                     ref_check: Callable[[frozenset[str]], bool] | None = None) -> None:
+    """Collective save of one step to ``store`` (the step's directory); each rank references
+    chunks of ``dedup`` instead of uploading them, the coordinator runs ``ref_check``."""
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
     from cloudckpt.engine.dcp import Writer
@@ -144,7 +148,7 @@ def save_distributed(store: Store, step: int, objects: Mapping[str, Any], tree: 
                              "leaves": {str(leaf.index): torch.as_tensor(leaf.value)
                                         for leaf in leaves},
                              f"rng.rank{_rank()}": _rng_blob()}
-    writer = Writer(store, compression=compression,
+    writer = Writer(store, compression=compression, dedup=dedup, ref_check=ref_check,
                     metadata={**meta, DIST_META_KEY: {"tree": json_tree, "format": TRAINING_FORMAT,
                                                  "world_size": _world(),
                                                  "numpy_leaves": [leaf.index for leaf in leaves
@@ -214,8 +218,10 @@ def save_step_distributed(ctx: RunContext, step: int, objects: Mapping[str, Any]
     _dcp_objs, rest = _split_objects(objects)
     tree = capture(step, rest, epoch=epoch, metrics=metrics,
                    history=[[s, m] for s, m in history], extra=extra, rng=False)
+    dedup, _src = dedup_index(ctx, step, None)  # each rank: against the previous checkpoint
     save_distributed(ctx.step_store(step), step, objects, tree,
-                     index_metadata(ctx, step, epoch, metrics), ctx.compression)
+                     index_metadata(ctx, step, epoch, metrics), ctx.compression, dedup,
+                     lambda refs: referenceable(ctx, step, refs))
     if dist.get_rank() == 0:
         log.info("committed step %d to %s (%d ranks)", step, ctx.uri, dist.get_world_size())
         retain_after_commit(ctx, step)
