@@ -116,3 +116,21 @@ def test_each_rank_shares_unchanged_shards_with_the_previous_checkpoint(sharding
         restored = _spawn_job(dist_worker.manager_job, world, "restore" + suffix, uri, f.options,
                               tmp_path)
         assert all(r["digest"] == saved[0]["digest"] and r["step"] == 4 for r in restored)
+
+
+def test_plain_dcp_writer_shares_with_a_named_base(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    warnings.simplefilter("ignore")
+    big = {"w": torch.randn(200_000), "b": torch.randn(4)}
+    dcp.save({"model": big}, storage_writer=cdcp.Writer(tmp_path / "v1"))
+    changed = {"w": big["w"], "b": big["b"] + 1}
+    dcp.save({"model": changed}, storage_writer=cdcp.Writer(tmp_path / "v2", base=tmp_path / "v1"))
+    m = cloudckpt.inspect(tmp_path / "v2")
+    assert m.shared_bytes >= 0.9 * big["w"].numel() * 4 * 0.8 and m.added_bytes < 10_000
+    got = {"model": {"w": torch.zeros(200_000), "b": torch.zeros(4)}}
+    dcp.load(got, storage_reader=cdcp.Reader(tmp_path / "v2"))
+    assert torch.equal(got["model"]["w"], changed["w"]) and torch.equal(got["model"]["b"], changed["b"])
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with pytest.raises(CheckpointException, match="InvalidArgument"):  # DCP wraps rank errors
+        dcp.save({"model": changed}, storage_writer=cdcp.Writer(tmp_path / "x" / "v3",
+                                                                base=tmp_path / "v1"))
