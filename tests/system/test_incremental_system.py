@@ -146,3 +146,30 @@ def test_concurrent_save_and_gc_on_s3_never_lose_a_chunk(emus, tmp_path) -> None
         got = cloudckpt.load(sub, storage_options=f.options)["extra"]
         assert_same(weights(s), got)
     assert shared > 0
+
+
+def test_cli_follows_references(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    from cloudckpt.cli import main
+
+    uri = str(tmp_path / "run")
+    mgr = CheckpointManager(uri, keep_last=None, incremental=IncrementalOptions(grace=0))
+    for s in (1, 2):
+        _save(mgr, s)
+    two = f"{uri}/{step_dir(2)}"
+    assert cloudckpt.inspect(two).shared_bytes > 0
+    assert main(["verify", two]) == 0
+    assert main(["show", two]) == 0
+    assert main(["diff", f"{uri}/{step_dir(1)}", two]) == 1  # the last layer differs
+    out = tmp_path / "two.safetensors"
+    assert main(["export", two, str(out)]) == 0
+    exported = load_file(str(out))
+    for k, v in _model(2).state_dict().items():
+        assert torch.equal(next(t for n, t in exported.items() if n.endswith(k)), v), k
+    assert main(["cp", two, str(tmp_path / "solo")]) == 0
+    capsys.readouterr()
+    for s in (1, 2):
+        mgr.delete(s)
+    mgr.gc(dry_run=False, grace=0)
+    assert main(["verify", str(tmp_path / "solo")]) == 0  # the copy stands alone
