@@ -193,9 +193,13 @@ def test_malformed_release_records_are_ignored_with_a_warning(caplog) -> None:  
     store.put(f"{RELEASED_PREFIX}/a.json", b"{not json")
     store.put(f"{RELEASED_PREFIX}/b.json", json.dumps({"objects": ["../../etc/passwd"]}).encode())
     store.put(f"{RELEASED_PREFIX}/c.json", json.dumps({"objects": [1, 2]}).encode())
+    # a record may only name data objects: never a manifest or other run records
+    store.put(f"{RELEASED_PREFIX}/d.json", json.dumps(
+        {"objects": [f"{step_dir(2)}/{MANIFEST_KEY}"]}).encode())
     with caplog.at_level(logging.WARNING, "cloudckpt.manager"):
         mgr.gc(dry_run=False, grace=0)
-    assert caplog.text.count("malformed release record") == 3
+    assert caplog.text.count("malformed release record") == 4
+    assert mgr.steps() == [1, 2]
     _assert_restores(mgr, snaps)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from datetime import datetime, timezone
 from cloudckpt.errors import CloudckptError, InvalidKey
 from cloudckpt.format.dedup import DedupIndex
 from cloudckpt.format.keys import (
+    DATA_PREFIX,
     MANIFEST_KEY,
     RELEASED_PREFIX,
     SUPERSEDED_PREFIX,
@@ -50,6 +52,14 @@ __all__ = ["Release", "dedup_index", "delete_hot", "pending", "read_releases", "
 
 log = logging.getLogger("cloudckpt.manager")
 MAX_RELEASE_BYTES = 64 * 1024 * 1024
+#: the only keys a release record may name: data objects under a step directory
+_RELEASABLE = re.compile(rf"^step-\d{{12}}/{DATA_PREFIX}/")
+
+
+def _releasable(key: str) -> str:
+    if not _RELEASABLE.match(validate_key(key)):
+        raise ValueError(f"{key!r} is not a data object of a checkpoint")  # noqa: TRY003
+    return key
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,7 @@ def read_releases(ctx: RunContext) -> list[Release]:
                 objs = d["objects"]
                 if not isinstance(objs, list) or not all(isinstance(k, str) for k in objs):
                     raise TypeError("objects must be a list of keys")
-                cache[ck] = frozenset(validate_key(k) for k in objs)
+                cache[ck] = frozenset(_releasable(k) for k in objs)
             except (ValueError, KeyError, TypeError, RecursionError, InvalidKey) as e:
                 log.warning("ignoring malformed release record %s/%s: %s", ctx.uri, o.key, e)
                 cache[ck] = None
@@ -169,7 +179,8 @@ def release_step(ctx: RunContext, step: int) -> Release | None:
     m = ctx.index.manifest(step, info) if info is not None else None
     if m is not None:
         mine |= run_objects(m, step)
-    released = mine - referenced(ctx, listing, exclude=step)
+    released = {k for k in mine - referenced(ctx, listing, exclude=step)
+                if _RELEASABLE.match(k)}
     if not released:
         return None
     token = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
