@@ -58,7 +58,7 @@ _RELEASABLE = re.compile(rf"^step-\d{{12}}/{DATA_PREFIX}/")
 
 def _releasable(key: str) -> str:
     if not _RELEASABLE.match(validate_key(key)):
-        raise ValueError(f"{key!r} is not a data object of a checkpoint")  # noqa: TRY003
+        raise ValueError(f"{key!r} is not a data object of a checkpoint")
     return key
 
 
