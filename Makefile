@@ -1,6 +1,7 @@
 # `make demo` on a fresh machine: creates .venv, installs cloudckpt, runs the demo job.
 # `make test` on a fresh machine: creates .venv, installs cloudckpt with its dev extras,
-# installs Azurite from npm into the project, starts the emulators, runs pytest, stops them.
+# installs Azurite from npm into the project (and headless Chromium from apt where it can),
+# starts the emulators, runs pytest, stops them.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ PYTEST_ARGS ?=
 
 CHECKOV_VENV := .venv-checkov
 
-.PHONY: demo test install lint typecheck clean infra-check bench
+.PHONY: demo test install lint typecheck clean infra-check bench browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,7 +35,15 @@ $(CHECKOV_VENV)/bin/checkov:
 infra-check: $(CHECKOV_VENV)/bin/checkov
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov bash infra/check.sh
 
-test: install $(CHECKOV_VENV)/bin/checkov
+# headless Chromium from Debian's packages, for the HTML report's rendering tests (they skip
+# with a reason where it cannot be installed: no apt-get, or not root)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    >/dev/null; } || echo "chromium not installed: the report's browser tests will skip"
+
+test: install browser $(CHECKOV_VENV)/bin/checkov
 	$(BIN)/python -m cloudckpt.testing.emulators run -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory infra-check
 
