@@ -7,7 +7,8 @@ imports ``bench.lib``)::
     .venv/bin/python -m bench.<scenario> --help
 
 Scenarios: ``save_load_local``, ``save_load_s3``, ``save_load_rss``, ``ratios``,
-``async_stall``, ``async_soak``, ``async_contention``, ``dist``, ``profile_phases``. Every one
+``async_stall``, ``async_soak``, ``async_contention``, ``dist``, ``profile_phases``,
+``cli_startup``. Every one
 takes ``--quick`` (smallest sizes, one repeat: checks that it runs; its figures mean
 nothing), ``--workdir`` and ``--out``. Method and figures: ``docs/benchmarks.md``.
 """

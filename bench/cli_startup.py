@@ -5,7 +5,9 @@ What it measures
     A run of three checkpoints of a tiny model is written to a scratch directory once (by the
     source tree under test). Then each command is run ``--repeats`` times as ``python -m cloudckpt ...`` in a
     fresh interpreter and timed by wall clock (process start to exit; the checkpoint's bytes are
-    in the page cache after the first run). Baselines in the same way: ``python -c pass`` and
+    in the page cache after the first run) and by CPU time (user + system of the child, which
+    other load on the machine distorts less than wall time), after one untimed run that writes
+    the bytecode cache (as an installed package has it). Baselines in the same way: ``python -c pass`` and
     ``python -c "import torch"``. Per command the table shows the median and min, whether torch
     was imported (a second fresh run with ``-X importtime``, which also names the slowest
     top-level imports).
@@ -24,6 +26,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -61,25 +64,34 @@ def make_run(root: Path, env: dict[str, str]) -> str:
     return uri
 
 
-def _env(src: Path | None) -> dict[str, str]:
+def _env(src: Path | None, pycache: Path) -> dict[str, str]:
+    """The children's environment: ``src`` first on the path, and bytecode cached (under
+    ``pycache``, outside the source tree) as it is for an installed package, even where the
+    calling environment sets PYTHONDONTWRITEBYTECODE."""
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     return env
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one fresh process running ``argv``.
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, from the children's resource usage) of
+    one fresh process running ``argv``. CPU time is what a loaded machine distorts least.
 
     Raises:
         RuntimeError: the process failed (exit status other than 0).
     """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     took = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()[-300:]}")
-    return took
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return took, cpu
 
 
 def imports(argv: list[str], env: dict[str, str], top: int = 5) -> dict[str, Any]:
@@ -104,21 +116,26 @@ def imports(argv: list[str], env: dict[str, str], top: int = 5) -> dict[str, Any
 
 
 def measure(label: str, argv: list[str], env: dict[str, str], repeats: int) -> dict[str, Any]:
-    times = [timed(argv, env) for _ in range(repeats)]
-    rec = {"command": label, "argv": argv[1:], "seconds": times,
-           "median_s": stats.median(times), "min_s": min(times), **imports(argv, env)}
-    print(f"  {label:12} median {rec['median_s']:.3f} s  torch imported: "
-          f"{rec['torch_imported']}", file=sys.stderr, flush=True)
+    timed(argv, env)  # untimed: writes the bytecode cache
+    runs = [timed(argv, env) for _ in range(repeats)]
+    times, cpus = [w for w, _ in runs], [c for _, c in runs]
+    rec = {"command": label, "argv": argv[1:], "seconds": times, "cpu_seconds": cpus,
+           "median_s": stats.median(times), "min_s": min(times),
+           "median_cpu_s": stats.median(cpus), "load_avg_1m": os.getloadavg()[0],
+           **imports(argv, env)}
+    print(f"  {label:14} median {rec['median_s']:.3f} s wall, {rec['median_cpu_s']:.3f} s cpu; "
+          f"torch imported: {rec['torch_imported']}", file=sys.stderr, flush=True)
     return rec
 
 
 def table(recs: list[dict[str, Any]], repeats: int, src: str) -> str:
     rows = [[r["command"], fmt(r["median_s"], ".3f"), fmt(r["min_s"], ".3f"),
-             "yes" if r["torch_imported"] else "no", fmt(r["import_s"], ".3f"),
+             fmt(r["median_cpu_s"], ".3f"), "yes" if r["torch_imported"] else "no",
+             fmt(r["import_s"], ".3f"), f"{r['load_avg_1m']:.1f}",
              ", ".join(f"{s['module']} {s['cumulative_s']:.2f}" for s in r["slowest"][:3])]
             for r in recs]
-    header = ["command", "median s", "min s", "torch imported", "imports s (-X importtime)",
-              "slowest top-level imports (s)"]
+    header = ["command", "median wall s", "min wall s", "median cpu s", "torch imported",
+              "imports s (-X importtime)", "load avg", "slowest top-level imports (s)"]
     return "\n".join([*md_table(header, rows), "",
                       f"Fresh processes, {repeats} per command; source: {src}."])
 
@@ -131,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="source tree to run the CLI from (PYTHONPATH); default: the installed "
                         "package (this checkout)")
     args = cli.settle(p.parse_args(argv), {"repeats": 5}, {"repeats": 1})
-    env = _env(args.src.resolve() if args.src else None)
     py = sys.executable
     recs: list[dict[str, Any]] = []
     with cli.scratch(args, "cli-startup") as workdir:
+        env = _env(args.src.resolve() if args.src else None, workdir / "pycache")
         run = make_run(workdir, env)
         recs.append(measure("python -c pass", [py, "-c", "pass"], env, args.repeats))
         recs.append(measure("import torch", [py, "-c", "import torch"], env, args.repeats))
