@@ -229,6 +229,17 @@ def test_unexpected_exceptions_are_one_line(run: str, monkeypatch: pytest.Monkey
         main(["ls", run, "--debug"])
 
 
+@pytest.mark.parametrize("argv", [["ls"], ["bogus"], [], ["rm", "x", "--step", "ten"],
+                                  ["ls", "x", "--metrics", ","]])
+def test_usage_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and ": error: " in lines[0] and "--help" in lines[0], err
+
+
 def _commands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)

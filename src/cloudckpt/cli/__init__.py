@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from cloudckpt.cli.session import options_arg, quiet_broken_pipe, secrets_of, session
 from cloudckpt.errors import (
@@ -63,6 +63,13 @@ exit status: 0 ok, 1 problems found, 2 usage, 3 not found, 4 access denied, 5 co
 6 exists, 7 storage error, 70 internal error, 130 interrupted, 141 stdout closed early"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (the command's subparsers inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
     """The options every command takes; on a command's own parser they default to SUPPRESS so
     that a value given before the command is not reset by the command's parser."""
@@ -86,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         report_cmds,
     )
 
-    p = argparse.ArgumentParser(prog="cloudckpt", description=__doc__.split("\n\n")[0],
-                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="cloudckpt", description=__doc__.split("\n\n")[0],
+                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            help="run 'cloudckpt COMMAND --help' for its options and examples")
