@@ -91,8 +91,11 @@ def test_existing_location_without_checkpoints_says_so(tmp_path: Path,
     for command in ("verify", "show"):  # nothing to act on: not found
         code, out, err = run_cli(capsys, command, str(other))
         assert code == 3 and out == "" and "no checkpoints under" in one_error_line(err)
-    code, _, err = run_cli(capsys, "ls", str(tmp_path / "runs-file.txt"))
-    assert code == 3 and "nothing at" in one_error_line(err)
+    a_file = tmp_path / "weights.pt"
+    a_file.write_bytes(b"not a checkpoint")
+    for command in ("ls", "verify", "show", "rm"):
+        code, out, err = run_cli(capsys, command, str(a_file))
+        assert code == 3 and out == "" and "it is a file" in one_error_line(err)
 
 
 def test_verify_of_a_missing_path_says_so(tmp_path: Path,

@@ -20,6 +20,7 @@ from cloudckpt.cli.targets import (
     is_checkpoint,
     iso,
     manifest_meta,
+    open_location,
     rows_for,
     survey,
 )
@@ -140,7 +141,7 @@ def _child_rows(uri: str, options: Any, children: tuple[Child, ...],
 def _ls_elsewhere(args: argparse.Namespace) -> int:
     """``ls`` of a location with no checkpoint of its own: the runs and checkpoints below it,
     or one line saying what is there (exit 0), or NotFound when there is nothing at all."""
-    store = open_store(args.uri, storage_options=args.storage_options)
+    store = open_location(args.uri, args.storage_options)
     found = survey(store)
     if not found.exists:
         raise absence(store, args.uri, found)
@@ -220,7 +221,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    store = open_store(args.uri, storage_options=args.storage_options)
+    store = open_location(args.uri, args.storage_options)
     if args.step is None and not is_checkpoint(store):
         rows = rows_for(args.uri, args.storage_options, True)
         if not rows:

@@ -11,7 +11,7 @@ from typing import Any
 
 from cloudckpt.cli.output import human, print_json, progress
 from cloudckpt.cli.session import options_arg
-from cloudckpt.cli.targets import absence, is_checkpoint, survey
+from cloudckpt.cli.targets import absence, is_checkpoint, open_location, survey
 from cloudckpt.engine.commit import copy_checkpoint, delete_checkpoint, read_manifest
 from cloudckpt.engine.verify import verify
 from cloudckpt.errors import AlreadyExists, CorruptCheckpoint, InvalidArgument, NotFound
@@ -158,7 +158,7 @@ def _delete_steps(ctx: RunContext, steps: list[int], really: bool) -> None:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    store = open_store(args.uri, storage_options=args.storage_options)
+    store = open_location(args.uri, args.storage_options)
     if not args.step:
         if not is_checkpoint(store):
             found = survey(store)
@@ -256,7 +256,7 @@ def _copy_one(src: Store, dst: Store, options: Any) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    src = open_store(args.src, storage_options=args.storage_options)
+    src = open_location(args.src, args.storage_options)
     dst = open_store(args.dst, storage_options=args.dst_storage_options)
     if is_checkpoint(src):
         _copy_one(src, dst, args.storage_options)

@@ -25,7 +25,7 @@ from cloudckpt.manager.sharing import pending, read_releases, referenced
 from cloudckpt.storage import ObjectInfo, Store, open_store, parse_uri, substore
 
 __all__ = ["Child", "Survey", "absence", "checkpoint_store", "is_checkpoint", "iso",
-           "manifest_meta", "rows_for", "survey"]
+           "manifest_meta", "open_location", "rows_for", "survey"]
 
 #: run-layout records (see cloudckpt.format.keys) and the name pattern of their entries
 _RUN_RECORDS = {"archived": re.compile(r"^step-\d{12}\.json$"),
@@ -33,6 +33,22 @@ _RUN_RECORDS = {"archived": re.compile(r"^step-\d{12}\.json$"),
                 "pins": STEP_RE, "quarantine": re.compile(r"^step-\d{12}\.json$"),
                 "released": re.compile(r".")}
 _SCHEME_TYPO = re.compile(r"^(s3a?|gs|gcs|az|abfss?|memory|file)(:?/{1,2})(?=[^/])", re.I)
+
+
+def open_location(uri: str, options: Mapping[str, Any] | None) -> Store:
+    """The store at ``uri`` as given on the command line. Nothing is contacted, except that a
+    local path naming a file is refused at once (it can be neither a checkpoint nor a run).
+
+    Raises:
+        NotFound: ``uri`` is a local file.
+        InvalidURI: ``uri`` cannot be opened.
+    """
+    store = open_store(uri, storage_options=options)
+    parsed = parse_uri(store.uri)
+    if parsed.protocol == "file" and os.path.isfile(parsed.prefix):
+        raise NotFound(f"no checkpoint at {store.uri}: it is a file, not a checkpoint or run "
+                       "directory (cloudckpt import can store it as one)")
+    return store
 
 
 def is_checkpoint(store: Store) -> bool:
@@ -58,7 +74,6 @@ class Survey:
 
     uri: str
     exists: bool
-    is_file: bool  # a local path naming a file
     objects: int
     run_layout: bool  # run records or step directories at the root itself
     loose_data: int  # data objects of a checkpoint at the root without its manifest
@@ -110,8 +125,7 @@ def survey(store: Store) -> Survey:
               sum(o.size for o in members),
               max((o.mtime.timestamp() for o in members if o.mtime), default=None))
         for (kind, path), members in sorted(groups.items(), key=lambda kv: kv[0][1]) if path)
-    return Survey(store.uri, exists, local and os.path.isfile(parsed.prefix), len(objs),
-                  ("run", "") in groups, loose, children)
+    return Survey(store.uri, exists, len(objs), ("run", "") in groups, loose, children)
 
 
 def absence(store: Store, text: str, found: Survey | None = None) -> NotFound:
@@ -125,9 +139,6 @@ def absence(store: Store, text: str, found: Survey | None = None) -> NotFound:
         where = "no such file or directory" if store.protocol == "file" else \
             "no such bucket, container or prefix (no object under it)"
         return NotFound(f"nothing at {store.uri}: {where}{hint}")
-    if s.is_file:
-        return NotFound(f"no checkpoint at {store.uri}: it is a file (cloudckpt import can "
-                        "store it as one)")
     if s.loose_data:
         return IncompleteCheckpoint(f"incomplete checkpoint at {store.uri}: {s.loose_data} data "
                                     "objects and no manifest (a save that crashed or is still "
@@ -153,7 +164,7 @@ def checkpoint_store(uri: str, options: Mapping[str, Any] | None, step: int | No
         NotFound: no such checkpoint (the message says what is at ``uri`` instead).
         InvalidURI: ``uri`` (or an archived copy's URI) cannot be opened.
     """
-    store = open_store(uri, storage_options=options)
+    store = open_location(uri, options)
     if step is None and is_checkpoint(store):
         return store
     run = RunContext.open(store, storage_options=options)
@@ -211,7 +222,7 @@ def rows_for(uri: str, options: Mapping[str, Any] | None, do_verify: bool) -> li
     Raises:
         StorageError: a listing or a manifest read failed.
     """
-    store = open_store(uri, storage_options=options)
+    store = open_location(uri, options)
     if is_checkpoint(store):
         return [_checkpoint_row(store, do_verify)]
     index = RunIndex(store)
