@@ -174,10 +174,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import cloudckpt
 
-    p = argparse.ArgumentParser(prog="cloudckpt demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="cloudckpt demo", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  cloudckpt demo\n  cloudckpt demo --uri s3://runs/demo --steps 200 "
+               "--storage-options '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
     p.add_argument("--uri", help="checkpoint root (default: a new local directory)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--save-every", type=int, default=20)
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--save-every", type=int, default=20,
+                   help="checkpoint every N steps (default 20)")
     p.add_argument("--kill-at", type=int, help="step at which to SIGKILL (default: random, mid-run)")
     p.add_argument("--storage-options", default="{}", help="JSON storage options")
     a = p.parse_args(argv)

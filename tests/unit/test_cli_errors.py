@@ -280,6 +280,18 @@ def test_help_output_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code == 0 and "examples:" in out and "cloudckpt rehydrate s3://" in out
 
 
+def test_demo_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out
+    options = out.split("options:")[1].split("examples:")[0]
+    for flag in ("--uri", "--steps", "--save-every", "--kill-at", "--storage-options"):
+        entry = options.split(flag, 1)[1].split("\n  --", 1)[0]
+        assert len(entry.replace(flag.upper().lstrip("-").replace("-", "_"), "").split()) > 1, \
+            f"{flag} has no help"
+
+
 # -- item 9: rm is a dry run unless --yes; archive says when there is nothing to do ----------
 def test_rm_is_a_dry_run_unless_confirmed(run: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "rm", run, "--step", "10")
