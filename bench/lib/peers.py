@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.lib import stores
+from bench.lib import rawio, stores
 from bench.lib.state import State, empty_state
 
 
@@ -202,7 +202,7 @@ def _s3tc_load(loc: str, ctx: Ctx) -> State:
     return out
 
 
-_CC = ("torch", "cloudckpt")
+_CC = ("torch", "cloudckpt", "cloudckpt.engine.writer", "cloudckpt.engine.reader")
 _DCP = ("torch", "torch.distributed.checkpoint")
 LOCAL_METHODS = {m.name: m for m in (
     Method("cloudckpt", _cloudckpt_save("auto"), _cloudckpt_load, _CC),
@@ -211,6 +211,7 @@ LOCAL_METHODS = {m.name: m for m in (
     Method("safetensors", _safetensors_save_local, _safetensors_load_local,
            ("torch", "safetensors.torch")),
     Method("dcp", _dcp_save_local, _dcp_load_local, _DCP),
+    Method("raw", rawio.save_local, rawio.load_local, ("torch",)),
 )}
 S3_METHODS = {m.name: m for m in (
     Method("cloudckpt", _cloudckpt_save("auto"), _cloudckpt_load, (*_CC, "s3fs")),
@@ -221,6 +222,7 @@ S3_METHODS = {m.name: m for m in (
     Method("dcp-fsspec", _dcp_save_fsspec, _dcp_load_fsspec,
            (*_DCP, "torch.distributed.checkpoint._fsspec_filesystem", "s3fs")),
     Method("s3torchconnector", _s3tc_save, _s3tc_load, ("torch", "s3torchconnector")),
+    Method("raw-boto3", rawio.save_s3, rawio.load_s3, ("torch", "boto3")),
 )}
 #: per store kind (``stores.open_place``), the methods compared there
 METHODS = {"local": LOCAL_METHODS, "s3": S3_METHODS}

@@ -26,6 +26,9 @@ def env() -> dict[str, str]:
     instance-metadata look-ups (the benches only ever talk to a local moto server)."""
     e = dict(os.environ)
     e.pop("AWS_PROFILE", None)
+    # byte-compiled modules are cached as for any user; otherwise every fresh worker would
+    # recompile every module it imports, inside the timed region of lazily imported ones
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
     e.update(AWS_ACCESS_KEY_ID=CREDS["key"], AWS_SECRET_ACCESS_KEY=CREDS["secret"],
              AWS_EC2_METADATA_DISABLED="true", PYTHONUNBUFFERED="1",
              PYTHONPATH=os.pathsep.join(p for p in (str(REPO), e.get("PYTHONPATH")) if p))

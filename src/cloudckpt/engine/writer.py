@@ -10,6 +10,7 @@ memory does not grow with the checkpoint. The manifest is written last, create-o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -306,17 +307,22 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
                    dedup: DedupIndex | None, delta: tuple[DeltaSource, list[str]] | None
                    ) -> tuple[list[ChunkRecord], dict[int, tuple[ChunkRecord, ...]], int]:
     readers = [_byte_reader(leaf.value) for leaf in leaves]
-    # per task: encoded parts, then the joined body (parts freed), plus plane scratch and the
-    # HTTP client's buffers: budget three object sizes each
+    # per task: its worker's reused body buffer, the encoded copy a non-local upload sends,
+    # and the HTTP client's buffers: budget three object sizes each
     in_flight = max(1, memory_budget // (3 * object_size))
     workers = max(1, min(in_flight, max_workers or 8, len(groups) or 1))
     results: list[list[ChunkRecord] | None] = [None] * len(groups)
     written: list[str] = []
     chains: dict[int, tuple[ChunkRecord, ...]] = {}
+    bodies: dict[int, np.ndarray] = {}  # per worker thread: its body buffer, reused
+    local = store.protocol == "file"
 
     def task(n: int) -> None:
         key = data_key(save_id, n)
-        parts: list[bytes | memoryview] = []
+        need = sum(chunks[ci].raw_size + _SLACK for ci in groups[n])
+        body = bodies.get(threading.get_ident())
+        if body is None or body.size < need:  # fresh memory is slow: allocate once per worker
+            body = bodies[threading.get_ident()] = np.empty(max(need, object_size), np.uint8)
         recs: list[ChunkRecord] = []
         offset = 0
         for ci in groups[n]:
@@ -328,21 +334,32 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
             if hit is not None:
                 recs.append(hit)
                 continue
-            codec, enc, base = _encode(plan, raw, delta)
-            stored_sum = raw_sum if codec == "none" else checksum(enc)
-            recs.append(ChunkRecord(key, offset, len(enc), len(raw), codec, plan.itemsize,
+            codec, size, base = _encode(plan, raw, delta, body[offset:])
+            if isinstance(size, bytes):  # did not fit: grow this worker's buffer
+                grown = np.empty(max(2 * body.size, need + len(size)), np.uint8)
+                grown[:offset] = body[:offset]
+                body = bodies[threading.get_ident()] = grown
+                body[offset:offset + len(size)] = np.frombuffer(size, np.uint8)
+                size = len(size)
+            stored_sum = raw_sum if codec == "none" else checksum(body[offset:offset + size])
+            recs.append(ChunkRecord(key, offset, size, len(raw), codec, plan.itemsize,
                                     stored_sum, raw_sum, None if base is None else -1))
             if base is not None:
                 chains[ci] = base.chain
-            parts.append(enc)
-            offset += len(enc)
+            offset += size
         results[n] = recs
-        if not parts:  # every chunk of this object is a reference
+        if not offset:  # every chunk of this object is a reference
             return
-        body = b"".join(parts)
-        parts.clear()  # hold one copy of the encoded object while it uploads, not two
-        store.put(key, body, storage_class=storage_class)
-        del body
+        if local:  # straight from the buffer; one exclusive attempt, never a retried put
+            up = store.start_upload(key, storage_class=storage_class)
+            try:
+                up.finish(body.data[:offset])
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    up.abort()
+                raise
+        else:  # an immutable copy: a retried or abandoned attempt may outlive this task
+            store.put(key, body[:offset].tobytes(), storage_class=storage_class)
         written.append(key)
 
     err = run_bounded(task, range(len(groups)), in_flight=in_flight, workers=workers,
@@ -359,20 +376,41 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
     return [r for group in results for r in (group or [])], chains, len(written)
 
 
-def _encode(plan: ChunkPlan, raw: memoryview, delta: tuple[DeltaSource, list[str]] | None
-            ) -> tuple[str, bytes | memoryview, DeltaBase | None]:
-    """(codec, stored bytes, base if a delta) for one chunk: a delta against the previous
+#: body bytes reserved per chunk beyond its raw size (plane headers); an encoding that needs
+#: more grows the worker's buffer
+_SLACK = 4 + 9 * 16
+
+
+def _encode(plan: ChunkPlan, raw: memoryview, delta: tuple[DeltaSource, list[str]] | None,
+            out: np.ndarray) -> tuple[str, int | bytes, DeltaBase | None]:
+    """Encode one chunk into ``out``: (codec, stored size, base if a delta); in place of the
+    size, the stored bytes when they do not fit in ``out``. A delta against the previous
     copy of the same tensor region when there is one and it is the smaller encoding."""
     base = None
     if delta is not None and plan.codec == "bg-zstd" and len(plan.pieces) == 1:
         li, start, end = plan.pieces[0]
         base = delta[0].base_for(delta[1][li], start, end - start)
     if base is None or base.raw.size != len(raw):
-        return plan.codec, get_codec(plan.codec).encode(raw, plan.itemsize), None
+        return plan.codec, _encode_plain(plan, raw, out), None
     xor = np.bitwise_xor(np.frombuffer(raw, dtype=np.uint8), base.raw)
     enc = XorBGZstdCodec().encode(xor.data, plan.itemsize)
     if len(enc) > 0.8 * len(raw):  # weights that moved a lot: try the plain encoding too
-        full = get_codec(plan.codec).encode(raw, plan.itemsize)
-        if len(full) <= len(enc):
-            return plan.codec, full, None
-    return XorBGZstdCodec.name, enc, base
+        size = _encode_plain(plan, raw, out)
+        if isinstance(size, int) and size <= len(enc):
+            return plan.codec, size, None
+    return XorBGZstdCodec.name, _place(enc, out), base
+
+
+def _encode_plain(plan: ChunkPlan, raw: memoryview, out: np.ndarray) -> int | bytes:
+    """Codecs with ``encode_into`` write straight into ``out``; others are copied there."""
+    codec = get_codec(plan.codec)
+    into = getattr(codec, "encode_into", None)
+    size = into(raw, plan.itemsize, out) if into is not None else None
+    return size if size is not None else _place(codec.encode(raw, plan.itemsize), out)
+
+
+def _place(enc: bytes | memoryview, out: np.ndarray) -> int | bytes:
+    if len(enc) > out.size:
+        return bytes(enc)
+    out[:len(enc)] = np.frombuffer(enc, dtype=np.uint8)
+    return len(enc)

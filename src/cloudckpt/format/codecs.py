@@ -71,6 +71,14 @@ class NoneCodec:
     def encode(self, raw: memoryview, itemsize: int) -> bytes | memoryview:
         return raw
 
+    def encode_into(self, raw: memoryview, itemsize: int, out: np.ndarray) -> int | None:
+        """Copy ``raw`` into ``out``; ``None`` when it does not fit (see
+        :meth:`BGZstdCodec.encode_into`)."""
+        if out.size < len(raw):
+            return None
+        out[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        return len(raw)
+
     def decode(self, stored: bytes | memoryview, raw_size: int, itemsize: int) -> bytes | memoryview:
         if len(stored) != raw_size:
             raise CorruptCheckpoint(f"raw chunk has {len(stored)} bytes, expected {raw_size}")
@@ -133,6 +141,21 @@ class ZstdCodec:
         _decompress_into(stored, out)
 
 
+def _gather_planes(raw: memoryview, k: int, out: np.ndarray) -> None:
+    """Byte ``j`` of every ``k``-byte element of ``raw`` into ``out[j * n:(j + 1) * n]``.
+    Two-byte elements: a truncating cast and a shift of the 16-bit words (~1.5x the strided
+    byte copy here); wider ones: one strided copy per plane."""
+    n = len(raw) // k
+    if k == 2 and n:
+        words = np.frombuffer(raw, dtype="<u2")
+        np.copyto(out[:n], words, casting="unsafe")  # low bytes
+        np.copyto(out[n:], words >> 8, casting="unsafe")
+        return
+    src = np.frombuffer(raw, dtype=np.uint8).reshape(n, k)
+    for j in range(k):
+        np.copyto(out[j * n:(j + 1) * n], src[:, j])
+
+
 class BGZstdCodec:
     """Byte-grouped zstd for floating-point data (see the module docstring)."""
 
@@ -157,6 +180,38 @@ class BGZstdCodec:
             header.append(_PLANE_HDR.pack(flag, len(stored)))
             bodies.append(stored)
         return b"".join(header + bodies)
+
+    def encode_into(self, raw: memoryview, itemsize: int, out: np.ndarray) -> int | None:
+        """Write exactly the bytes :meth:`encode` returns into ``out`` (a writable uint8
+        array) and return their length; ``None`` (nothing usable written) when ``out`` is
+        smaller than the bound ``len(raw) + 4 + 9 * itemsize`` or the chunk takes the
+        single-plane path. The writer's path: planes are gathered straight into ``out`` and
+        compressed planes moved down in place, so no per-chunk buffers are allocated (fresh
+        memory is what costs most on small VMs). Any thread (``out`` is the caller's)."""
+        k, size = itemsize, len(raw)
+        hdr = 4 + k * _PLANE_HDR.size
+        if k < 2 or not size or size % k or out.size < hdr + size:
+            return None
+        n = size // k
+        _gather_planes(raw, k, out[hdr:hdr + size])  # plane j lands at hdr + j * n
+        mv = out.data.cast("B")
+        cctx = zstandard.ZstdCompressor(compression_params=PLANE_PARAMS)
+        pos = hdr
+        for j in range(k):
+            at = hdr + j * n  # never below pos: earlier planes only shrank
+            plane = mv[at:at + n]
+            flag, stored = 0, n
+            if j == k - 1 or len(cctx.compress(plane[:_SAMPLE])) < _SHRINK * min(n, _SAMPLE):
+                packed = cctx.compress(plane)
+                if len(packed) < n:
+                    flag, stored = 1, len(packed)
+                    mv[pos:pos + stored] = packed
+            if not flag and pos != at:
+                mv[pos:pos + n] = mv[at:at + n]  # memmove: the regions may overlap
+            _PLANE_HDR.pack_into(mv, 4 + j * _PLANE_HDR.size, flag, stored)
+            pos += stored
+        mv[:4] = b"BG" + bytes((k, k))
+        return pos
 
     @staticmethod
     def _single(raw: memoryview) -> bytes:
