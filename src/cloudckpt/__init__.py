@@ -140,12 +140,20 @@ _LAZY: dict[str, str] = {
 }
 
 
+#: subpackages reachable as attributes after a bare ``import cloudckpt`` (imported on first use)
+_SUBPACKAGES = frozenset({"cli", "dcp", "demo", "engine", "errors", "format", "integrations",
+                          "manager", "storage", "testing"})
+
+
 def __getattr__(name: str) -> Any:
-    """Load a lazily exported public name on first access (PEP 562).
+    """Load a lazily exported public name, or a subpackage (``cloudckpt.storage``...), on
+    first access (PEP 562).
 
     Raises:
-        AttributeError: ``name`` is not a public name of the package.
+        AttributeError: ``name`` is neither a public name nor a subpackage.
     """
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cloudckpt' has no attribute {name!r}")

@@ -389,3 +389,15 @@ def test_ls_show_verify_do_not_import_torch(argv: list[str], run: str) -> None:
                        timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
+
+
+def test_the_package_root_is_lazy_and_complete() -> None:
+    code = ("import sys, cloudckpt; assert 'torch' not in sys.modules, 'torch at import'; "
+            "assert cloudckpt.storage.register_backend and cloudckpt.manager.RunContext; "
+            "missing = [n for n in cloudckpt.__all__ if not hasattr(cloudckpt, n)]; "
+            "assert not missing, missing; "
+            "assert cloudckpt.CheckpointManager is cloudckpt.manager.CheckpointManager; "
+            "assert set(cloudckpt.__all__) <= set(dir(cloudckpt))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
