@@ -4,8 +4,11 @@ tensor region in an earlier checkpoint (codec ``xor-bg-zstd``), and how one is r
 A delta's manifest record names its base by index (``ChunkRecord.base``); the base is a chunk
 record of the same manifest (usually a reference into the earlier checkpoint), itself full or
 a delta, so a manifest carries each chain whole and a reader needs nothing else. Chains are
-bounded: the manager writes a full chunk at least every ``IncrementalOptions.full_every``
-saves, and manifests with chains longer than ``MAX_CHAIN`` are refused.
+bounded in length (a full chunk at least every ``IncrementalOptions.full_every`` saves;
+manifests with chains longer than ``MAX_CHAIN`` are refused) and in bytes: a delta is written
+only while the chain a restore reads stays within ``READ_BUDGET`` (1.3) times the full chunk,
+so deltas go to tensors that change little (weights between nearby steps) and fast-moving
+state (Adam moments) is stored whole.
 
 Who calls what: the writer asks a :class:`DeltaSource` (the manager's cache of the previous
 save) for a base per chunk; the reader and ``verify`` call :func:`materialize`.
@@ -24,7 +27,11 @@ from cloudckpt.format.checksums import decode_chunk
 from cloudckpt.format.manifest import ChunkRecord, Manifest
 from cloudckpt.storage import Store
 
-__all__ = ["DeltaBase", "DeltaSource", "chain", "link_chains", "materialize"]
+__all__ = ["READ_BUDGET", "DeltaBase", "DeltaSource", "chain", "link_chains", "materialize"]
+
+#: a delta is written only while its whole chain (what a restore reads for that chunk) stays
+#: within this many times the stored size of the full chunk at the chain's end
+READ_BUDGET = 1.3
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
-from cloudckpt.engine.delta import DeltaBase, DeltaSource, link_chains
+from cloudckpt.engine.delta import READ_BUDGET, DeltaBase, DeltaSource, link_chains
 from cloudckpt.engine.pool import run_bounded
 from cloudckpt.engine.refs import parent_of
 from cloudckpt.errors import (
@@ -385,19 +385,21 @@ def _encode(plan: ChunkPlan, raw: memoryview, delta: tuple[DeltaSource, list[str
             out: np.ndarray) -> tuple[str, int | bytes, DeltaBase | None]:
     """Encode one chunk into ``out``: (codec, stored size, base if a delta); in place of the
     size, the stored bytes when they do not fit in ``out``. A delta against the previous
-    copy of the same tensor region when there is one and it is the smaller encoding."""
+    copy of the same tensor region when there is one and its whole chain (what a restore
+    reads) stays within ``READ_BUDGET`` times the full chunk's stored size."""
     base = None
     if delta is not None and plan.codec == "bg-zstd" and len(plan.pieces) == 1:
         li, start, end = plan.pieces[0]
         base = delta[0].base_for(delta[1][li], start, end - start)
-    if base is None or base.raw.size != len(raw):
+    # a restore reads the whole chain: it may cost at most READ_BUDGET x the full chunk
+    budget = READ_BUDGET * base.chain[-1].stored_size if base is not None else 0.0
+    spent = sum(c.stored_size for c in base.chain) if base is not None else 0
+    if base is None or base.raw.size != len(raw) or spent >= budget:
         return plan.codec, _encode_plain(plan, raw, out), None
     xor = np.bitwise_xor(np.frombuffer(raw, dtype=np.uint8), base.raw)
     enc = XorBGZstdCodec().encode(xor.data, plan.itemsize)
-    if len(enc) > 0.8 * len(raw):  # weights that moved a lot: try the plain encoding too
-        size = _encode_plain(plan, raw, out)
-        if isinstance(size, int) and size <= len(enc):
-            return plan.codec, size, None
+    if spent + len(enc) > budget:  # weights that moved a lot: a full chunk restores faster
+        return plan.codec, _encode_plain(plan, raw, out), None
     return XorBGZstdCodec.name, _place(enc, out), base
 
 

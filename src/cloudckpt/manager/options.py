@@ -126,9 +126,10 @@ class IncrementalOptions:
     most). ``0`` deletes at once: only for a run with one writer and no concurrent ``gc``.
 
     ``delta`` (opt-in): a changed float chunk is stored as the XOR of its bits with the
-    previous save's (byte-grouped, zstd) when that is smaller; ``full_every``: a full copy of
-    each chunk at least every that many saves, so a restore reads at most ``full_every``
-    links per chunk. Costs one host copy of the saved float tensors, kept between saves.
+    previous save's (byte-grouped, zstd) while the chain a restore must read stays within
+    1.3x the full chunk's size; ``full_every``: a full copy of each chunk at least every that
+    many saves, so a restore reads at most ``full_every`` links per chunk. Costs one host
+    copy of the saved float tensors, kept between saves.
 
     Raises:
         InvalidArgument: ``dedup``/``delta`` not bools, ``grace`` negative, ``full_every``
