@@ -28,8 +28,10 @@ from cloudckpt.engine.verify import signature_status
 from cloudckpt.errors import CloudckptError, CorruptCheckpoint, NotFound
 from cloudckpt.format.keys import (
     DATA_PREFIX,
+    GENERATIONS_PREFIX,
     MANIFEST_KEY,
     QUARANTINE_PREFIX,
+    RELEASED_PREFIX,
     STEP_RE,
     TIER_FILE,
     step_dir,
@@ -93,6 +95,8 @@ class Listing:
     archived: dict[int, ObjectInfo]
     pinned: set[int]
     quarantined: dict[int, ObjectInfo] = field(default_factory=dict)  # marker objects
+    generations: list[ObjectInfo] = field(default_factory=list)  # lineage claims
+    released: list[ObjectInfo] = field(default_factory=list)  # release records (manager.sharing)
 
 
 class RunIndex:
@@ -115,6 +119,8 @@ class RunIndex:
         archived: dict[int, ObjectInfo] = {}
         pinned: set[int] = set()
         quarantined: dict[int, ObjectInfo] = {}
+        gens: list[ObjectInfo] = []
+        released: list[ObjectInfo] = []
         for o in self.store.list():
             head, _, rest = o.key.partition("/")
             m = STEP_RE.match(head)
@@ -132,7 +138,11 @@ class RunIndex:
                 pinned.add(int(m3.group(1)))
             elif head == QUARANTINE_PREFIX and (m4 := STEP_RE.match(rest.removesuffix(".json"))):
                 quarantined[int(m4.group(1))] = o
-        return Listing(committed, data, tiers, archived, pinned, quarantined)
+            elif head == GENERATIONS_PREFIX and "/" not in rest:
+                gens.append(o)
+            elif head == RELEASED_PREFIX and "/" not in rest:
+                released.append(o)
+        return Listing(committed, data, tiers, archived, pinned, quarantined, gens, released)
 
     def manifest(self, step: int, info: ObjectInfo) -> Manifest | None:
         """The validated manifest of a hot checkpoint, or None if it does not validate (or,

@@ -44,9 +44,9 @@ from cloudckpt.format.keys import (
     step_dir,
 )
 from cloudckpt.manager.context import RunContext
-from cloudckpt.manager.index import META_KEY, CheckpointRecord
+from cloudckpt.manager.index import META_KEY, CheckpointRecord, Listing
 from cloudckpt.manager.quarantine import condemns, read_marker
-from cloudckpt.storage import Store
+from cloudckpt.storage import ObjectInfo, Store
 
 __all__ = ["CommitPlan", "Generation", "LineageState", "in_lineage", "lineage_of",
            "live_records", "newest", "prepare_commit", "read_generations"]
@@ -100,18 +100,19 @@ def _parse(key: str, raw: bytes) -> Generation | None:
 
 
 def read_generations(store: Store,
-                     cache: dict[tuple[str, str | None], Any] | None = None) -> dict[int, Generation]:
+                     cache: dict[tuple[str, str | None], Any] | None = None,
+                     listed: list[ObjectInfo] | None = None) -> dict[int, Generation]:
     """Every valid generation claim under the run root (malformed ones are skipped with a
-    WARNING). One LIST, plus one small GET per claim not yet in ``cache`` (claims are written
-    create-only, so a parsed one is kept by key and etag: a save costs one LIST, not a GET per
-    generation).
+    WARNING). One LIST (none when ``listed``, the claims of a listing just taken, is given),
+    plus one small GET per claim not yet in ``cache`` (claims are written create-only, so a
+    parsed one is kept by key and etag: a save costs one LIST, not a GET per generation).
 
     Raises:
         StorageError: the listing failed.
     """
     cache = {} if cache is None else cache
     out: dict[int, Generation] = {}
-    for o in store.list(GENERATIONS_PREFIX):
+    for o in store.list(GENERATIONS_PREFIX) if listed is None else listed:
         ck = (o.key, o.etag)
         if ck not in cache:
             try:
@@ -150,14 +151,16 @@ def lineage_of(records: list[CheckpointRecord], gens: dict[int, Generation],
 
 
 def live_records(ctx: RunContext, records: list[CheckpointRecord] | None = None,
-                 of: int | None = None) -> list[CheckpointRecord]:
+                 of: int | None = None, listing: Listing | None = None) -> list[CheckpointRecord]:
     """The committed checkpoints of the live run: the lineage of generation ``of`` (default:
-    the newest claimed one), oldest first.
+    the newest claimed one), oldest first; ``listing``: a run listing just taken (saves the
+    LIST of claims).
 
     Raises:
         StorageError: a listing failed.
     """
-    gens = read_generations(ctx.store, ctx.index.claims)
+    gens = read_generations(ctx.store, ctx.index.claims,
+                            None if listing is None else listing.generations)
     return lineage_of(ctx.records() if records is None else records, gens,
                       newest(gens) if of is None else of)
 

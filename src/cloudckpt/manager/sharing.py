@@ -93,12 +93,13 @@ def referenced(ctx: RunContext, listing: Listing, *, exclude: int | None = None)
     return out
 
 
-def read_releases(ctx: RunContext) -> list[Release]:
-    """Every release record under the run root; a malformed one is skipped with a WARNING
-    (untrusted input). Raises StorageError when listing or reading fails."""
+def read_releases(ctx: RunContext, listing: Listing | None = None) -> list[Release]:
+    """Every release record under the run root (those of ``listing`` when given, else one
+    LIST); a malformed one is skipped with a WARNING (untrusted input). Raises StorageError
+    when listing or reading fails."""
     out: list[Release] = []
     cache = ctx.index.releases
-    listed = ctx.store.list(RELEASED_PREFIX)
+    listed = ctx.store.list(RELEASED_PREFIX) if listing is None else listing.released
     for stale in set(cache) - {(o.key, o.etag) for o in listed}:
         cache.pop(stale, None)
     for o in listed:
@@ -135,7 +136,8 @@ def dedup_index(ctx: RunContext, step: int, generation: int | None
         return None, None
     try:
         listing = ctx.index.scan()
-        recs = [r for r in live_records(ctx, ctx.records(listing), of=generation)
+        recs = [r for r in live_records(ctx, ctx.records(listing), of=generation,
+                                        listing=listing)
                 if r.location == "hot" and r.tier is None and r.step < step
                 and r.step in listing.committed]
         if not recs:
@@ -144,7 +146,8 @@ def dedup_index(ctx: RunContext, step: int, generation: int | None
         m = ctx.index.manifest(src, listing.committed[src])
         if m is None or not ctx.incremental.dedup:
             return None, None if m is None else src
-        return DedupIndex.of([(step_dir(src), m)], blocked=pending(read_releases(ctx))), src
+        blocked = pending(read_releases(ctx, listing))
+        return DedupIndex.of([(step_dir(src), m)], blocked=blocked), src
     except CloudckptError as e:
         log.warning("incremental save of step %d: cannot index the previous checkpoint (%s); "
                     "writing every chunk", step, e)
@@ -157,9 +160,10 @@ def referenceable(ctx: RunContext, step: int, refs: frozenset[str]) -> bool:
     listing. Called right before the commit. Never raises (a failure means False)."""
     try:
         keys = {run_key(step_dir(step), r) for r in refs}
-        if keys & pending(read_releases(ctx)):
+        listing = ctx.index.scan()  # one LIST: release records sort before step-*/manifests
+        if keys & pending(read_releases(ctx, listing)):
             return False
-        return keys <= referenced(ctx, ctx.index.scan(), exclude=step)
+        return keys <= referenced(ctx, listing, exclude=step)
     except CloudckptError as e:
         log.warning("step %d: cannot re-check its references (%s); writing every chunk", step, e)
         return False
