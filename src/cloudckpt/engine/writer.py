@@ -307,15 +307,15 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
                    dedup: DedupIndex | None, delta: tuple[DeltaSource, list[str]] | None
                    ) -> tuple[list[ChunkRecord], dict[int, tuple[ChunkRecord, ...]], int]:
     readers = [_byte_reader(leaf.value) for leaf in leaves]
-    # per task: its worker's reused body buffer, the encoded copy a non-local upload sends,
-    # and the HTTP client's buffers: budget three object sizes each
-    in_flight = max(1, memory_budget // (3 * object_size))
+    local = store.protocol == "file"
+    # per task: its worker's reused body buffer (local: written from it), else also the copy
+    # an upload sends and the HTTP client's buffers: budget three or four object sizes each
+    in_flight = max(1, memory_budget // ((3 if local else 4) * object_size))
     workers = max(1, min(in_flight, max_workers or 8, len(groups) or 1))
     results: list[list[ChunkRecord] | None] = [None] * len(groups)
     written: list[str] = []
     chains: dict[int, tuple[ChunkRecord, ...]] = {}
     bodies: dict[int, np.ndarray] = {}  # per worker thread: its body buffer, reused
-    local = store.protocol == "file"
 
     def task(n: int) -> None:
         key = data_key(save_id, n)
