@@ -6,7 +6,9 @@ waits. Every call returns or raises within ``deadline``: each attempt runs on a 
 thread, waited for at most ``min(time left, attempt_bound(payload))`` (socket timeouts do not
 bound a send to a server that stopped reading); one past its bound is abandoned
 (:class:`~cloudckpt.errors.StorageTimeout`). Connection failures retry only within
-``connect_budget`` (:class:`~cloudckpt.errors.EndpointUnreachable`). See docs/time-bounds.md.
+``connect_budget`` (:class:`~cloudckpt.errors.EndpointUnreachable`). Throttling answers (S3
+SlowDown, HTTP 429) also pace every later attempt to that endpoint in the process through its
+shared :class:`~cloudckpt.storage.throttle.Limiter`. See docs/time-bounds.md and docs/scale.md.
 ``sleep``, ``clock`` and ``rng`` are injectable so tests never sleep.
 """
 
@@ -32,7 +34,8 @@ from cloudckpt.errors import (
 )
 from cloudckpt.storage.attempts import TimedOut, abandoned_attempts, run_attempt
 from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, StoreWrapper, Upload
-from cloudckpt.storage.translate import is_transient, is_unreachable
+from cloudckpt.storage.throttle import Limiter, limiter_for
+from cloudckpt.storage.translate import is_throttled, is_transient, is_unreachable
 from cloudckpt.storage.uri import redact
 
 __all__ = ["RetryPolicy", "RetryingStore", "abandoned_attempts"]
@@ -96,10 +99,12 @@ class RetryPolicy:
         return self.attempt_timeout + max(0, nbytes) / self.min_throughput
 
     def call(self, fn: Callable[[], T], describe: str, *, nbytes: int = 0,
-             exclusive: bool = False) -> T:
+             exclusive: bool = False, limiter: Limiter | None = None) -> T:
         """Run ``fn`` under this policy. ``describe``: operation and URI for logs and errors
         (redacted); ``nbytes``: payload of one attempt; ``exclusive``: attempts must never
-        overlap (upload parts), so one that timed out, and may still run, is not retried.
+        overlap (upload parts), so one that timed out, and may still run, is not retried;
+        ``limiter``: the endpoint's shared pacing, asked before each attempt and told of
+        throttling answers (an attempt whose slot lies past the deadline is not started).
 
         Raises:
             EndpointUnreachable: no connection could be made within ``connect_budget``.
@@ -110,7 +115,7 @@ class RetryPolicy:
         """
         start = self.clock()
         try:  # the first attempt skips tenacity's machinery: most calls succeed
-            return self._attempt(fn, describe, self.deadline, nbytes, 1)
+            return self._attempt(fn, describe, self.deadline, nbytes, 1, limiter)
         except BaseException as e:
             if not is_transient(e):
                 raise
@@ -124,7 +129,7 @@ class RetryPolicy:
                 raise st.last
             st.attempts += 1
             try:
-                return self._attempt(fn, describe, remaining, nbytes, st.attempts)
+                return self._attempt(fn, describe, remaining, nbytes, st.attempts, limiter)
             except BaseException as e:
                 st.last = e
                 if is_unreachable(e):
@@ -141,15 +146,19 @@ class RetryPolicy:
         def wait(rs: RetryCallState) -> float:
             now, exc = self.clock(), rs.outcome.exception() if rs.outcome else None
             remaining = self.deadline - (now - start)
+            if limiter is not None and exc is not None and is_throttled(exc):
+                return 0.0  # the endpoint's shared pacing spaces the next attempt
             if exc is not None and is_unreachable(exc):
                 remaining = min(remaining, self.connect_budget - (now - st.first_unreachable))
             return max(0.0, min(self.backoff(rs.attempt_number), remaining))
 
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
-            log.warning("retrying %s: attempt %d/%d failed with %s: %s; waiting %.2f s",
-                        redact(describe), rs.attempt_number, self.max_attempts,
-                        type(exc).__name__, exc, rs.upcoming_sleep)
+            paced = limiter is not None and exc is not None and is_throttled(exc)
+            log.log(logging.INFO if paced else logging.WARNING,  # the limiter warns, once
+                    "retrying %s: attempt %d/%d failed with %s: %s; waiting %.2f s",
+                    redact(describe), rs.attempt_number, self.max_attempts,
+                    type(exc).__name__, exc, rs.upcoming_sleep)
 
         retrying = Retrying(stop=stop, wait=wait, sleep=self.sleep, reraise=True,
                             retry=retry_if_exception(is_transient), before_sleep=before_sleep)
@@ -171,6 +180,24 @@ class RetryPolicy:
                                            f"{self.deadline:g} s): {e}")
 
     def _attempt(self, fn: Callable[[], T], describe: str, remaining: float, nbytes: int,
+                 number: int, limiter: Limiter | None = None) -> T:
+        if limiter is None:
+            return self._bounded(fn, describe, remaining, nbytes, number)
+        asked = self.clock()
+        sent = limiter.acquire(remaining, self.sleep)
+        if sent is None:
+            raise TransientStorageError(f"{redact(describe)}: attempt {number} not started: "
+                                        f"{limiter.name} is throttling and this process's next "
+                                        f"slot is past the call's deadline")
+        try:
+            return self._bounded(fn, describe, remaining - (self.clock() - asked), nbytes,
+                                 number)
+        except BaseException as e:
+            if is_throttled(e):
+                limiter.throttled(sent)
+            raise
+
+    def _bounded(self, fn: Callable[[], T], describe: str, remaining: float, nbytes: int,
                  number: int) -> T:
         bound = self.attempt_bound(nbytes)
         if bound is None:
@@ -204,8 +231,9 @@ class _CallState:
 
 # -- the store wrapper ---------------------------------------------------------------------------
 class _RetryingUpload:
-    def __init__(self, inner: Upload, policy: RetryPolicy, uri: str) -> None:
-        self._inner, self._policy, self._uri = inner, policy, uri
+    def __init__(self, inner: Upload, policy: RetryPolicy, uri: str,
+                 limiter: Limiter | None) -> None:
+        self._inner, self._policy, self._uri, self._limiter = inner, policy, uri, limiter
         self.key = inner.key
         self._parts = 0
         self._broken = False  # an attempt timed out: it may still be changing the upload
@@ -215,7 +243,8 @@ class _RetryingUpload:
             raise TransientStorageError(f"{redact(describe)}: the upload cannot continue (an "
                                         f"earlier attempt timed out); abort it and start again")
         try:
-            self._policy.call(fn, describe, nbytes=nbytes, exclusive=True)
+            self._policy.call(fn, describe, nbytes=nbytes, exclusive=True,
+                              limiter=self._limiter)
         except StorageTimeout:
             self._broken = True
             raise
@@ -230,18 +259,26 @@ class _RetryingUpload:
                   len(tail))
 
     def abort(self) -> None:
-        self._policy.call(self._inner.abort, f"abort of upload {self._uri}")
+        self._policy.call(self._inner.abort, f"abort of upload {self._uri}",
+                          limiter=self._limiter)
 
 
 class RetryingStore(StoreWrapper):
     """Applies a :class:`RetryPolicy` to every call of an inner store (thread-safe if the
     inner store is). Create-only writes stay exactly-once: when a retry finds the object
     present, it reads it back and succeeds only if the stored bytes are ours (an earlier
-    attempt, whose answer was lost or which timed out, landed)."""
+    attempt, whose answer was lost or which timed out, landed). Calls to a cloud endpoint are
+    paced by the process's shared :class:`~cloudckpt.storage.throttle.Limiter` for it
+    (``limiter``: another one, e.g. in tests)."""
 
-    def __init__(self, inner: Store, policy: RetryPolicy | None = None) -> None:
+    def __init__(self, inner: Store, policy: RetryPolicy | None = None, *,
+                 limiter: Limiter | None = None) -> None:
         super().__init__(inner)
         self.policy = policy or RetryPolicy()
+        self.limiter = limiter if limiter is not None else _endpoint_limiter(inner)
+
+    def _call(self, fn: Callable[[], T], describe: str, nbytes: int = 0) -> T:
+        return self.policy.call(fn, describe, nbytes=nbytes, limiter=self.limiter)
 
     def _u(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"
@@ -261,54 +298,67 @@ class RetryingStore(StoreWrapper):
                     return
                 raise
 
-        self.policy.call(attempt, f"write of {self._u(key)}", nbytes=len(data))
+        self._call(attempt, f"write of {self._u(key)}", nbytes=len(data))
 
     def get(self, key: str) -> bytes:
-        return self.policy.call(lambda: self.inner.get(key), f"read of {self._u(key)}")
+        return self._call(lambda: self.inner.get(key), f"read of {self._u(key)}")
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
-        return self.policy.call(lambda: self.inner.get_range(key, start, end),
+        return self._call(lambda: self.inner.get_range(key, start, end),
                                 f"ranged read [{start}, {end}) of {self._u(key)}",
                                 nbytes=max(0, end - start))
 
     def stat(self, key: str) -> ObjectInfo:
-        return self.policy.call(lambda: self.inner.stat(key), f"stat of {self._u(key)}")
+        return self._call(lambda: self.inner.stat(key), f"stat of {self._u(key)}")
 
     def exists(self, key: str) -> bool:
-        return self.policy.call(lambda: self.inner.exists(key), f"stat of {self._u(key)}")
+        return self._call(lambda: self.inner.exists(key), f"stat of {self._u(key)}")
 
     def list(self, prefix: str = "") -> builtins.list[ObjectInfo]:
-        return self.policy.call(lambda: self.inner.list(prefix), f"list of {self._u(prefix)}")
+        return self._call(lambda: self.inner.list(prefix), f"list of {self._u(prefix)}")
 
     def delete(self, key: str) -> None:
-        self.policy.call(lambda: self.inner.delete(key), f"delete of {self._u(key)}")
+        self._call(lambda: self.inner.delete(key), f"delete of {self._u(key)}")
 
     def delete_many(self, keys: Sequence[str]) -> None:
         keys = list(keys)
         for i in range(0, len(keys), 1000):
             batch = keys[i:i + 1000]
-            self.policy.call(lambda b=batch: self.inner.delete_many(b),  # type: ignore[misc]
+            self._call(lambda b=batch: self.inner.delete_many(b),  # type: ignore[misc]
                              f"delete of {len(batch)} objects under {self.uri}")
 
     def copy(self, src_key: str, dst_key: str) -> None:
-        self.policy.call(lambda: self.inner.copy(src_key, dst_key),
+        self._call(lambda: self.inner.copy(src_key, dst_key),
                          f"copy {self._u(src_key)} -> {dst_key}")
 
     def set_storage_class(self, key: str, storage_class: str) -> None:
-        self.policy.call(lambda: self.inner.set_storage_class(key, storage_class),
+        self._call(lambda: self.inner.set_storage_class(key, storage_class),
                          f"storage-class change of {self._u(key)}")
 
     def start_upload(self, key: str, *, create_only: bool = False,
                      storage_class: str | None = None) -> Upload:
-        up = self.policy.call(lambda: self.inner.start_upload(
+        up = self._call(lambda: self.inner.start_upload(
             key, create_only=create_only, storage_class=storage_class),
             f"start of upload {self._u(key)}")
-        return _RetryingUpload(up, self.policy, self._u(key))
+        return _RetryingUpload(up, self.policy, self._u(key), self.limiter)
 
     def list_pending_uploads(self, prefix: str = "") -> builtins.list[PendingUpload]:
-        return self.policy.call(lambda: self.inner.list_pending_uploads(prefix),
+        return self._call(lambda: self.inner.list_pending_uploads(prefix),
                                 f"list of pending uploads under {self.uri}")
 
     def abort_pending_upload(self, pending: PendingUpload) -> None:
-        self.policy.call(lambda: self.inner.abort_pending_upload(pending),
+        self._call(lambda: self.inner.abort_pending_upload(pending),
                          f"abort of pending upload {pending.key}")
+
+
+def _endpoint_limiter(inner: Store) -> Limiter | None:
+    """The shared limiter of ``inner``'s endpoint (protocol, account, bucket, endpoint URL);
+    ``None`` for stores with no request-rate limit (local files, memory)."""
+    parsed = getattr(inner, "parsed_uri", None)
+    if parsed is None or not parsed.bucket:
+        return None
+    endpoint = getattr(getattr(inner, "fs", None), "endpoint_url", None)
+    scheme = {"gcs": "gs"}.get(parsed.protocol, parsed.protocol)
+    where = f"{scheme}://{parsed.bucket}" + (f" at {endpoint}" if isinstance(endpoint, str) else "")
+    return limiter_for((parsed.protocol, parsed.account, parsed.bucket, str(endpoint)),
+                       redact(where))

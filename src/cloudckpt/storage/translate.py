@@ -29,7 +29,7 @@ from cloudckpt.errors import (
 )
 from cloudckpt.storage.uri import redact
 
-__all__ = ["is_transient", "is_unreachable", "translate_error"]
+__all__ = ["is_throttled", "is_transient", "is_unreachable", "translate_error"]
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _NOT_FOUND_CODES = frozenset({
@@ -48,6 +48,13 @@ _TRANSIENT_CODES = frozenset({
     "ServerBusy", "OperationTimedOut", "InternalServerError", "BandwidthLimitExceeded",
     "500", "502", "503", "504",
 })
+#: the store asks for a lower request rate (S3 503 SlowDown, GCS 429 rateLimitExceeded, Azure
+#: 503 ServerBusy...): transient, and paced by storage/throttle.py
+_THROTTLE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "TooManyRequestsException", "ServerBusy", "TooManyRequests", "rateLimitExceeded",
+})
+_THROTTLE_STATUS = frozenset({429, 503})
 _ARCHIVED_CODES = frozenset({"InvalidObjectState", "BlobArchived"})
 #: out of space or over quota: MinIO (drive threshold, HTTP 507, 500 in old releases; bucket quota,
 #: HTTP 400), Ceph RGW (user/bucket quota, HTTP 403 on S3, 413 on Swift). HTTP 507 (RFC 4918
@@ -256,3 +263,13 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, CloudckptError):
         return False
     return _classify(exc) is TransientStorageError
+
+
+def is_throttled(exc: BaseException) -> bool:
+    """Whether ``exc`` (ours, with the provider's as its cause, or a provider's) is the store
+    asking for a lower request rate (a throttling code, or HTTP 429/503)."""
+    for e in _chain(exc):
+        code, status = _code_and_status(e)
+        if code in _THROTTLE_CODES or status in _THROTTLE_STATUS:
+            return True
+    return False

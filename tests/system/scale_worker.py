@@ -1,0 +1,55 @@
+"""Worker processes for the scale tests (spawned, gloo backend, CPU): many ranks saving small
+shards through a throttling proxy, and restores that broadcast replicated tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+
+#: each rank's shard: this many tensors of 64 KiB, each its own data object (PUT)
+TENSORS_PER_RANK = 12
+ELEMS = 16 * 1024
+
+
+def rank_state(rank: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + rank)
+    return {f"r{rank}.t{i}": torch.randn(ELEMS, generator=g) for i in range(TENSORS_PER_RANK)}
+
+
+def throttle_job(rank: int, world: int, port: int, uri: str, opts_json: str, out: str) -> None:
+    """Save this rank's shard with plain DCP through cloudckpt (one object per tensor) and
+    report the process's limiter counters."""
+    warnings.simplefilter("ignore")
+    import torch.distributed.checkpoint as dcp
+
+    import cloudckpt.dcp as cdcp
+    from cloudckpt.storage.throttle import limiters
+
+    opts = json.loads(opts_json)
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        state = rank_state(rank)
+        try:
+            dcp.save(state, storage_writer=cdcp.Writer(uri, storage_options=opts,
+                                                      chunk_size=64 * 1024,
+                                                      object_size=64 * 1024))
+            result = "saved"
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            result = f"failed: {type(e).__name__}: {e}"[:2000]
+        lims = list(limiters().values())
+        report = {"result": result,
+                  "throttles": sum(lim.throttles for lim in lims),
+                  "decreases": sum(lim.decreases for lim in lims),
+                  "waited": sum(lim.waited for lim in lims)}
+        with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+            f.write(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+    from tests.system.dist_worker import _exit_cleanly
+
+    _exit_cleanly()
