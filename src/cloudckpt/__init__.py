@@ -29,6 +29,7 @@ from cloudckpt.errors import (
     TransientStorageError,
     UnsupportedFramework,
     UnsupportedOperation,
+    UnsupportedTransformers,
     UnsupportedValue,
     UntrustedCheckpoint,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "TransientStorageError",
     "UnsupportedFramework",
     "UnsupportedOperation",
+    "UnsupportedTransformers",
     "UnsupportedValue",
     "UntrustedCheckpoint",
     "__version__",

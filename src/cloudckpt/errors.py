@@ -27,6 +27,7 @@ __all__ = [
     "TransientStorageError",
     "UnsupportedFramework",
     "UnsupportedOperation",
+    "UnsupportedTransformers",
     "UnsupportedValue",
     "UntrustedCheckpoint",
 ]
@@ -122,3 +123,11 @@ class UnsupportedFramework(CloudckptError, ImportError):
     the range the integration supports, or a private API the integration relies on changed
     (e.g. ``cloudckpt.integrations.lightning`` with a ``lightning`` outside ``>=2.6,<3``). The
     message names the supported range and what to install."""
+
+
+
+class UnsupportedTransformers(UnsupportedFramework):
+    """The installed ``transformers`` is outside the range ``CloudckptTrainer`` supports, or
+    its ``Trainer`` lacks or changed a private method the trainer overrides (see
+    :mod:`cloudckpt.integrations.hf`). ``CloudckptCallback`` with a plain ``Trainer`` needs
+    only public hooks."""

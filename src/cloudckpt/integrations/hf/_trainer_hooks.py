@@ -56,7 +56,7 @@ from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 
 from cloudckpt.engine.reader import load
-from cloudckpt.errors import CloudckptError, InvalidArgument
+from cloudckpt.errors import InvalidArgument, UnsupportedTransformers
 from cloudckpt.manager.state import restore_rng
 from cloudckpt.storage import Store
 
@@ -90,11 +90,6 @@ STATE_FILE = "trainer_state.json"
 _ADVICE = (f"Install transformers{SUPPORTED_TRANSFORMERS} (`pip install "
            f"'transformers{SUPPORTED_TRANSFORMERS}'`), or use CloudckptCallback (public "
            "TrainerCallback hooks only) with a plain Trainer.")
-
-
-class UnsupportedTransformers(CloudckptError, ImportError):
-    """The installed ``transformers`` is outside :data:`SUPPORTED_TRANSFORMERS`, or its
-    ``Trainer`` lacks a private method :class:`TrainerHooks` overrides, or has changed it."""
 
 
 def signature_shape(func: Callable[..., Any]) -> str:
