@@ -53,3 +53,64 @@ def throttle_job(rank: int, world: int, port: int, uri: str, opts_json: str, out
     from tests.system.dist_worker import _exit_cleanly
 
     _exit_cleanly()
+
+
+#: restore-by-broadcast state: replicated (DDP-like) tensors and one sharded DTensor
+REPLICATED = {f"w{i}": 256 * 1024 for i in range(4)}  # 4 x 1 MiB fp32
+SHARD_ELEMS = 64 * 1024  # per rank
+
+
+def broadcast_state(world: int, mesh: object, fill: bool) -> dict[str, object]:
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    g = torch.Generator().manual_seed(7)
+    rep = {k: torch.randn(n, generator=g) for k, n in REPLICATED.items()}
+    full = torch.randn(world * SHARD_ELEMS, generator=g)
+    if not fill:
+        rep = {k: torch.zeros_like(v) for k, v in rep.items()}
+        full = torch.zeros_like(full)
+    return {"ddp": rep, "sharded": distribute_tensor(full, mesh, [Shard(0)])}  # type: ignore[arg-type]
+
+
+def broadcast_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str,
+                  out: str) -> None:
+    """``save`` the state, or load it with every rank reading (``load-every``) or by
+    broadcast (``load-bcast``); report equality and the load's wall time."""
+    import time
+
+    warnings.simplefilter("ignore")
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import cloudckpt.dcp as cdcp
+
+    opts = json.loads(opts_json)
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        report: dict[str, object] = {}
+        if mode == "save":
+            dcp.save(broadcast_state(world, mesh, True),
+                     storage_writer=cdcp.Writer(uri, storage_options=opts, compression="none"))
+            report["result"] = "saved"
+        else:
+            state = broadcast_state(world, mesh, False)
+            dist.barrier()
+            t0 = time.perf_counter()
+            dcp.load(state, storage_reader=cdcp.Reader(uri, storage_options=opts,
+                                                       broadcast=mode == "load-bcast"))
+            report["seconds"] = time.perf_counter() - t0
+            want = broadcast_state(world, mesh, True)
+            same = all(torch.equal(state["ddp"][k], want["ddp"][k])  # type: ignore[index]
+                       for k in REPLICATED)
+            same = same and torch.equal(state["sharded"].to_local(),  # type: ignore[attr-defined]
+                                        want["sharded"].to_local())  # type: ignore[attr-defined]
+            report["result"] = "equal" if same else "DIFFERENT"
+        with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+            f.write(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+    from tests.system.dist_worker import _exit_cleanly
+
+    _exit_cleanly()

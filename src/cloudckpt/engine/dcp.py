@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
+from cloudckpt.engine import dcp_broadcast
 from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
 from cloudckpt.engine.dcp_metadata import decode_metadata, encode_metadata
 from cloudckpt.engine.reader import read_leaves
@@ -292,14 +293,17 @@ class Writer(_Target, StorageWriter):
 
 
 class Reader(_Target, StorageReader):
-    """Reads a DCP checkpoint written by :class:`Writer`, verifying every chunk."""
+    """Reads a DCP checkpoint written by :class:`Writer`, verifying every chunk. With
+    ``broadcast`` (for ``dcp.load`` on the default process group only), a stored item every
+    rank reads is fetched by one rank and broadcast to the others
+    (:mod:`cloudckpt.engine.dcp_broadcast`)."""
 
     def __init__(self, uri: str | os.PathLike[str] | Store | None = None, *,
                  storage_options: Mapping[str, Any] | None = None, verify: bool = True,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 verifier: Verifier | None = None) -> None:
+                 verifier: Verifier | None = None, broadcast: bool = False) -> None:
         _Target.__init__(self, uri, storage_options)
-        self.verifier = verifier
+        self.verifier, self.broadcast = verifier, broadcast
         self.verify, self.memory_budget = verify, memory_budget
         self._manifest: Manifest | None = None
         self._storage: dict[MetadataIndex, int] = {}
@@ -328,7 +332,12 @@ class Reader(_Target, StorageReader):
         return plan
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
-        return plans
+        if not self.broadcast or len(plans) < 2 or self._manifest is None:
+            return plans
+        needs = [{self._lookup(i.storage_index) for i in p.items if i.type.name == "TENSOR"}
+                 for p in plans]
+        plan = dcp_broadcast.assign(needs, self._manifest)
+        return [replace(p, storage_data=plan) for p in plans]
 
     def _lookup(self, index: MetadataIndex) -> int:
         key = MetadataIndex(fqn=index.fqn, offset=index.offset)
@@ -342,9 +351,19 @@ class Reader(_Target, StorageReader):
         m = self._manifest
         assert m is not None
         store = self._store()
-        needed = sorted({self._lookup(item.storage_index) for item in plan.items})
-        values = read_leaves(m, needed, store, storage_options=self.storage_options,
-                             verify=self.verify, memory_budget=self.memory_budget)
+        shared = plan.storage_data if isinstance(plan.storage_data,
+                                                 dcp_broadcast.Broadcasts) else None
+        mine = {self._lookup(item.storage_index) for item in plan.items}
+        values: dict[int, Any] = {}
+        error: BaseException | None = None
+        try:
+            values = read_leaves(m, dcp_broadcast.to_fetch(
+                mine, shared, torch.distributed.get_rank() if shared else 0), store,
+                storage_options=self.storage_options, verify=self.verify,
+                memory_budget=self.memory_budget)
+        except Exception as e:  # told to the other ranks before any broadcast
+            error = e
+        values = dcp_broadcast.exchange(values, shared, m, error)
         for item in plan.items:
             src = values[self._lookup(item.storage_index)]
             if item.type.name == "BYTE_IO":

@@ -184,7 +184,7 @@ def restore_distributed(store: Store, objects: Mapping[str, Any], *, rng: bool) 
     rng_meta = md.state_dict_metadata.get(rng_key)
     if rng and isinstance(rng_meta, TensorStorageMetadata):
         target[rng_key] = torch.empty(rng_meta.size, dtype=torch.uint8)
-    dcp_load(target, storage_reader=Reader(store))
+    dcp_load(target, storage_reader=Reader(store, broadcast=True))  # replicated: read once
     if dcp_objs:
         model = _model_for(dcp_objs)
         for name, obj in dcp_objs.items():
