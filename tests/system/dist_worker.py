@@ -62,8 +62,9 @@ def run(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str, o
             state = build_state(world, mesh, fill=True)
             target: Any = uri
             if mode == "fail" and rank == world - 1:  # this rank's uploads fail permanently
+                uploads = frozenset({"put", "start_upload"})  # local stores stream (issue 14)
                 target = FaultyStore(open_store(uri, storage_options=opts),
-                                     FaultPlan(ops=frozenset({"put"}), fail_calls=frozenset({0}),
+                                     FaultPlan(ops=uploads, fail_calls=frozenset({0}),
                                                kind="permanent"))
             try:
                 dcp.save(state, storage_writer=cdcp.Writer(target, storage_options=opts))
