@@ -179,13 +179,41 @@ class CorruptOnWrite(StoreWrapper):
         super().__init__(inner)
         self.steps = steps
 
+    def _hit(self, key: str) -> bool:
+        return "/data/" in key and any(key.startswith(f"step-{s:012d}/") for s in self.steps)
+
     def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False,
             storage_class: str | None = None) -> None:
-        if "/data/" in key and any(key.startswith(f"step-{s:012d}/") for s in self.steps):
-            buf = bytearray(data)
-            buf[len(buf) // 2] ^= 0x40
-            data = bytes(buf)
-        self.inner.put(key, data, create_only=create_only, storage_class=storage_class)
+        self.inner.put(key, _flip(data) if self._hit(key) else data, create_only=create_only,
+                       storage_class=storage_class)
+
+    def start_upload(self, key: str, *, create_only: bool = False,
+                     storage_class: str | None = None) -> Any:
+        up = self.inner.start_upload(key, create_only=create_only, storage_class=storage_class)
+        return _FlipOnFinish(up) if self._hit(key) else up
+
+
+def _flip(data: bytes | memoryview) -> bytes:
+    buf = bytearray(data)
+    buf[len(buf) // 2] ^= 0x40
+    return bytes(buf)
+
+
+class _FlipOnFinish:
+    """An upload whose bytes, sent whole at ``finish`` (how local data objects are written),
+    arrive with one bit flipped."""
+
+    def __init__(self, up: Any) -> None:
+        self._up, self.key = up, up.key
+
+    def write_part(self, data: bytes | memoryview) -> None:
+        self._up.write_part(data)
+
+    def finish(self, tail: bytes | memoryview = b"") -> None:
+        self._up.finish(_flip(tail) if tail else tail)
+
+    def abort(self) -> None:
+        self._up.abort()
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

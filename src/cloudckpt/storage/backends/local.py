@@ -8,6 +8,7 @@ temporary file that :meth:`LocalBackend.list_pending` reports for clean-up.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -57,6 +58,24 @@ def _publish(tmp: str, path: str, create_only: bool) -> None:
     fsync_path(os.path.dirname(path))
 
 
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """Write all of ``data`` at ``offset``: ``os.pwrite`` may write less than asked (a disk
+    filling up writes what fits and returns the count; the next write raises ENOSPC), and a
+    short write taken for a whole one would leave a hole. Returns the bytes written.
+
+    Raises:
+        OSError: the write failed (ENOSPC, EIO, ...).
+    """
+    view = memoryview(data).cast("B")
+    total = len(view)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no progress writing: the disk is full")
+        view, offset = view[n:], offset + n
+    return total
+
+
 class _LocalUpload:
     """A streamed write into a temporary file, published on :meth:`finish`."""
 
@@ -72,14 +91,12 @@ class _LocalUpload:
     def write_part(self, data: bytes | memoryview) -> None:
         assert self._fd is not None, "upload already finished or aborted"
         # pwrite at the part's own offset: a retried part overwrites itself, never appends twice
-        os.pwrite(self._fd, data, self._offset)
-        self._offset += len(data)
+        self._offset += _pwrite_all(self._fd, data, self._offset)
 
     def finish(self, tail: bytes | memoryview = b"") -> None:
         assert self._fd is not None, "upload already finished or aborted"
         if tail:
-            os.pwrite(self._fd, tail, self._offset)
-            self._offset += len(tail)
+            self._offset += _pwrite_all(self._fd, tail, self._offset)
         os.ftruncate(self._fd, self._offset)
         os.fsync(self._fd)
         os.close(self._fd)
