@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # the lazily loaded names, for type checkers and IDEs
         KeepWithin,
         OnImprovement,
         PreemptionOptions,
+        Replica,
         TrainingState,
     )
     from cloudckpt.manager.average import AverageInfo, average
@@ -108,6 +109,7 @@ __all__ += [
     "KeepWithin",
     "OnImprovement",
     "PreemptionOptions",
+    "Replica",
     "SaveInfo",
     "TrainingState",
     "VerifyReport",
@@ -135,7 +137,8 @@ _LAZY: dict[str, str] = {
         "AnyOf", "AnySave", "ArchivePolicy", "AsyncOptions", "CheckpointManager",
         "CommitOptions", "CommitRecord", "EveryNEpochs", "EveryNSteps", "IncrementalOptions",
         "KeepBest", "KeepEvery",
-        "KeepLast", "KeepWithin", "OnImprovement", "PreemptionOptions", "TrainingState")},
+        "KeepLast", "KeepWithin", "OnImprovement", "PreemptionOptions", "Replica",
+        "TrainingState")},
     "AverageInfo": "cloudckpt.manager.average",
     "average": "cloudckpt.manager.average",
     "EMA": "cloudckpt.manager.ema",

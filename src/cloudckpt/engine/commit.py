@@ -29,6 +29,7 @@ from cloudckpt.errors import (
     NotFound,
     StorageFull,
 )
+from cloudckpt.format.checksums import matches
 from cloudckpt.format.keys import (
     DATA_PREFIX,
     MANIFEST_KEY,
@@ -39,6 +40,7 @@ from cloudckpt.format.keys import (
 )
 from cloudckpt.format.manifest import (
     MAX_MANIFEST_BYTES,
+    ChunkRecord,
     Manifest,
     decode_manifest,
     encode_manifest,
@@ -201,17 +203,22 @@ def delete_checkpoint(store: Store) -> int:
 
 def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
                     progress: Callable[[int], None] | None = None,
-                    storage_options: Mapping[str, Any] | None = None) -> Manifest:
+                    storage_options: Mapping[str, Any] | None = None,
+                    check: bool = False) -> Manifest:
     """Copy the committed checkpoint at ``src`` to ``dst`` (any two backends): data objects
     first (streamed, bounded memory), each size-checked, then the manifest last, create-only.
-    The copy stands alone: objects that ``src`` references in sibling checkpoints
-    (incremental saves) are copied into its own ``data/shared/`` and its manifest rewritten to
-    point there (signed with the environment's signing key, unsigned without one).
-    Re-running after an interruption completes the copy. Returns the copied manifest.
+    With ``check``, each copied object is also read back from ``dst`` (one object in memory
+    at a time) and every chunk's stored checksum checked before the manifest is written
+    (costs one read of the copy). The copy stands alone: objects that ``src`` references in
+    sibling checkpoints (incremental saves) are copied into its own ``data/shared/`` and its
+    manifest rewritten to point there (signed with the environment's signing key, unsigned
+    without one). Re-running after an interruption completes the copy. Returns the copied
+    manifest. Any thread may call this.
 
     Raises:
         AlreadyExists: ``dst`` holds a *different* committed checkpoint.
-        CorruptCheckpoint: a copied object has the wrong size.
+        CorruptCheckpoint: a copied object has the wrong size, or (``check``) a chunk of it
+            fails its checksum; no manifest was written at ``dst``.
     """
     manifest_bytes = read_manifest_bytes(src)
     manifest = decode_manifest(manifest_bytes)
@@ -233,6 +240,8 @@ def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
             size = copy_object(store, key, dst, target)
         if dst.stat(target).size != size:
             raise CorruptCheckpoint(f"copy of {store.uri}/{key} to {dst.uri} has the wrong size")
+        if check:
+            _check_copied(dst, target, [c for c in manifest.chunks if c.object == ref], size)
         if storage_class:
             dst.set_storage_class(target, storage_class)
         if progress is not None:
@@ -246,3 +255,17 @@ def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
         if dst.get(MANIFEST_KEY) != manifest_bytes:
             raise AlreadyExists(f"{dst.uri} holds a different committed checkpoint") from None
     return manifest
+
+
+def _check_copied(dst: Store, key: str, chunks: list[ChunkRecord], size: int) -> None:
+    """Read ``key`` back from ``dst`` (``size`` bytes) and check the stored checksum of each
+    of ``chunks`` (the manifest's chunks in that object).
+
+    Raises:
+        CorruptCheckpoint: a chunk does not match (the message names the object).
+    """
+    body = memoryview(dst.get_range(key, 0, size))
+    for c in chunks:
+        if not matches(body[c.offset:c.offset + c.stored_size], c.stored_xxh3):
+            raise CorruptCheckpoint(f"copy at {dst.uri}/{key}: the chunk at offset {c.offset} "
+                                    "fails its stored checksum (damaged source or transfer)")

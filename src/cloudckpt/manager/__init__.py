@@ -26,6 +26,7 @@ from cloudckpt.manager.options import (
     IncrementalOptions,
     PreemptionOptions,
 )
+from cloudckpt.manager.replicas import Replica
 from cloudckpt.manager.resolve import resolve_step
 from cloudckpt.manager.retention import (
     AnyOf,
@@ -43,7 +44,7 @@ __all__ = ["AnyOf", "AnySave", "ArchivePolicy", "AsyncOptions", "CheckpointManag
            "CheckpointRecord", "CheckpointSummary", "CommitOptions", "CommitRecord",
            "DecisionContext", "EveryNEpochs",
            "EveryNSteps", "GCReport", "IncrementalOptions", "KeepBest", "KeepEvery", "KeepLast", "KeepPinned",
-           "KeepWithin", "OnImprovement", "PreemptionOptions", "RetentionPolicy", "RunContext",
+           "KeepWithin", "OnImprovement", "PreemptionOptions", "Replica", "RetentionPolicy", "RunContext",
            "SaveDecisionPolicy", "SavePoint", "TrainingState", "plan_retention", "resolve_step"]
 
 if TYPE_CHECKING:

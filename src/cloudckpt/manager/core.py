@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
+
+import torch.distributed as dist
 
 from cloudckpt.engine.writer import SaveInfo
-from cloudckpt.errors import CloudckptError, InvalidArgument
 from cloudckpt.manager.background import BackgroundSaver
 from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.decisions import DecisionContext, SaveDecisionPolicy, SavePoint, decide
@@ -39,13 +40,16 @@ from cloudckpt.manager.options import (
     CommitOptions,
     IncrementalOptions,
     PreemptionOptions,
+    option,
     preemption_options,
     require,
 )
 from cloudckpt.manager.postcommit import after_commit
-from cloudckpt.manager.preemption import PreemptionWatch
+from cloudckpt.manager.preemption import PreemptionWatch, final_save, watching
+from cloudckpt.manager.replica_restore import restore_any
+from cloudckpt.manager.replicas import Replica, Replicator, replica_specs
 from cloudckpt.manager.resolve import resolve_step
-from cloudckpt.manager.restoring import TrainingState, restore_run
+from cloudckpt.manager.restoring import TrainingState
 from cloudckpt.manager.retention import RetentionPolicy, keep_last_and_best
 from cloudckpt.manager.staging import Stager
 from cloudckpt.manager.writing import check_save_args, encode_step, write_step
@@ -80,9 +84,11 @@ class CheckpointManager:
     (``verify_after_save``) and an ``on_commit`` hook (experiment tracking).
     ``incremental`` (:class:`IncrementalOptions`): unchanged chunks are referenced, not
     uploaded (on by default), deltas (opt-in), the grace period of released data.
+    ``replicas`` (URIs or :class:`Replica`): copies kept in the background (by rank 0), retention
+    applies there too; :meth:`restore` uses them when the primary cannot serve it (:mod:`.replicas`).
 
     Raises (constructor): InvalidURI, InvalidArgument (a bad mode or option object; preemption
-    handling requested off the main thread).
+    handling requested off the main thread; a replica at or inside the primary, a duplicate).
     """
 
     def __init__(self, uri: str | os.PathLike[str] | Store, *, keep_last: int | None = 3,
@@ -94,16 +100,11 @@ class CheckpointManager:
                  commit_options: CommitOptions | None = None,
                  incremental: IncrementalOptions | None = None,
                  preemption: PreemptionOptions | bool = False,
+                 replicas: Iterable[str | os.PathLike[str] | Replica] = (),
                  clock: Callable[[], float] = time.time) -> None:
-        self.async_options = AsyncOptions() if async_options is None else async_options
-        require(isinstance(self.async_options, AsyncOptions), "async_options", async_options,
-                "an AsyncOptions")
-        self.commit_options = CommitOptions() if commit_options is None else commit_options
-        require(isinstance(self.commit_options, CommitOptions), "commit_options",
-                commit_options, "a CommitOptions")
-        incremental = IncrementalOptions() if incremental is None else incremental
-        require(isinstance(incremental, IncrementalOptions), "incremental", incremental,
-                "an IncrementalOptions")
+        self.async_options = option(async_options, AsyncOptions, "async_options")
+        self.commit_options = option(commit_options, CommitOptions, "commit_options")
+        incremental = option(incremental, IncrementalOptions, "incremental")
         require(archive is None or isinstance(archive, ArchivePolicy), "archive", archive,
                 "an ArchivePolicy")
         require(retention is None or callable(getattr(retention, "keep", None)), "retention",
@@ -126,6 +127,9 @@ class CheckpointManager:
         self._background = BackgroundSaver(self.uri, self.async_options.exit_timeout)
         self._preemption = None if preempt is None else \
             PreemptionWatch(preempt.signals, preempt.deadline)
+        specs = replica_specs(replicas, self.uri, storage_options)  # copier on rank 0 only
+        self._replicas = Replicator(self.context, () if is_distributed() and dist.get_rank()
+                                    else specs)
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self.uri!r})"
@@ -230,6 +234,7 @@ class CheckpointManager:
             save_step_distributed(ctx, step, objects, epoch=epoch, metrics=mets,
                                   history=history, extra=extra, blocking=blocking)
             self._history = history
+            self._replicas.request()  # workers only on rank 0
             return None
         tree, leaves, meta = encode_step(ctx, step, objects, epoch=epoch, metrics=mets,
                                          history=history, extra=extra, rng=rng)
@@ -242,8 +247,10 @@ class CheckpointManager:
             info = write_step(ctx, step, tree, leaves, meta, overwrite=plan.overwrite,
                               generation=plan.generation, deltas=self._deltas)
             self._history = history
-            return after_commit(ctx, self.commit_options, step, info, plan.generation,
+            info = after_commit(ctx, self.commit_options, step, info, plan.generation,
                                 epoch=epoch, metrics=mets, background=not blocking)
+            self._replicas.request()
+            return info
 
         if blocking:
             return commit()
@@ -258,8 +265,7 @@ class CheckpointManager:
         Raises:
             TimeoutError: still running after ``timeout``. The background save's error.
         """
-        result: SaveInfo | None = self._background.wait(timeout)
-        return result
+        return cast("SaveInfo | None", self._background.wait(timeout))
 
     @property
     def metrics_history(self) -> list[tuple[int, dict[str, float]]]:
@@ -276,8 +282,14 @@ class CheckpointManager:
         """Host memory held by the async staging buffers."""
         return self._stager.nbytes
 
-    def close(self) -> None:
-        """Wait for any background save, then release signal handlers and exit hooks.
+    def wait_replicas(self, timeout: float | None = None) -> bool:
+        """Wait until every replica holds what the primary retained at the last commit (True),
+        or ``timeout`` s passed / a replica's pass failed (False; the next commit retries)."""
+        return self._replicas.wait(timeout)
+
+    def close(self, *, replica_timeout: float | None = 60.0) -> None:
+        """Wait for any background save and (up to ``replica_timeout`` s, else a WARNING) the
+        replicas, then release signal handlers and exit hooks.
 
         Raises:
             The background save's error (handlers and hooks are released anyway).
@@ -285,6 +297,7 @@ class CheckpointManager:
         try:
             self.wait()
         finally:
+            self._replicas.close(replica_timeout)
             self._background.close()
             if self._preemption is not None:
                 self._preemption.uninstall()
@@ -314,10 +327,7 @@ class CheckpointManager:
         Raises:
             InvalidArgument: the manager was created without ``preemption``.
         """
-        if self._preemption is None:
-            raise InvalidArgument("create the manager with preemption=True (or "
-                                  "PreemptionOptions(...)) first")
-        self._preemption.add_callback(callback)
+        watching(self._preemption).add_callback(callback)
 
     def save_on_preemption(self, step: int, *, exit: bool = True, **save_args: Any) -> bool:
         """At a step boundary: if preempted, flush any background save, write a final
@@ -331,22 +341,11 @@ class CheckpointManager:
         """
         if not self.preempted:
             return False
-        watch = self._preemption
-        assert watch is not None
-        try:
-            self._background.wait(watch.remaining())
-        except TimeoutError:
-            log.error("the in-flight save did not finish before the preemption deadline")
-        except CloudckptError as e:
-            log.error("the previous background save failed: %s", e)
-        if step in self.steps():
-            log.warning("step %d is already committed; no final save needed", step)
-        else:
-            self.save(step, blocking=True, **save_args)
-        watch.done.set()
-        log.warning("final checkpoint of step %d committed after preemption; exiting", step)
-        if exit:
-            self.close()
+        watch = watching(self._preemption)
+        final_save(watch, step, self._background.wait, self.steps,
+                   lambda: self.save(step, blocking=True, **save_args))
+        if exit:  # replicas get what is left of the preemption deadline
+            self.close(replica_timeout=watch.remaining())
             raise SystemExit(0)
         return True
 
@@ -372,8 +371,8 @@ class CheckpointManager:
                 return None
             return self.restore(chosen, rng=rng, strict=strict, map_location=map_location,
                                 _collective=True, **objects)
-        state = restore_run(self.context, step, objects, rng=rng, strict=strict,
-                            map_location=map_location)
+        state = restore_any(self.context, () if _collective else self._replicas.contexts,
+                            step, objects, rng=rng, strict=strict, map_location=map_location)
         if state is not None:
             self._history = list(state.metrics_history)
             # the next save claims a new generation that resumes from this checkpoint

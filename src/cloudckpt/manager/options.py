@@ -12,14 +12,14 @@ import math
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cloudckpt.errors import InvalidArgument
 
 __all__ = ["ArchivePolicy", "AsyncOptions", "CommitOptions", "CommitRecord", "IncrementalOptions",
-           "PreemptionOptions",
-           "preemption_options", "require"]
+           "PreemptionOptions", "option", "preemption_options", "require"]
 
+T = TypeVar("T")
 _DEFAULT_SIGNALS: tuple[int, ...] = tuple(
     int(s) for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None))
     if s is not None)
@@ -206,6 +206,19 @@ def require(ok: bool, name: str, value: Any, what: str) -> None:
     """
     if not ok:
         raise InvalidArgument(f"{name} must be {what}, not {value!r}")
+
+
+def option(value: T | None, cls: type[T], name: str) -> T:
+    """An option object argument of the manager: ``value``, or ``cls()`` when it is None.
+    Pure; any caller.
+
+    Raises:
+        InvalidArgument: ``value`` is not a ``cls``.
+    """
+    out = cls() if value is None else value
+    article = "an" if cls.__name__[0] in "AEIOU" else "a"
+    require(isinstance(out, cls), name, value, f"{article} {cls.__name__}")
+    return out
 
 
 def preemption_options(preemption: PreemptionOptions | bool) -> PreemptionOptions | None:

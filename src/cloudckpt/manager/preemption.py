@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from cloudckpt.errors import InvalidArgument
+from cloudckpt.errors import CloudckptError, InvalidArgument
 
-__all__ = ["PreemptionWatch"]
+__all__ = ["PreemptionWatch", "final_save", "watching"]
 
 log = logging.getLogger("cloudckpt.manager")
 
@@ -76,3 +76,39 @@ class PreemptionWatch:
             for s, h in self._previous.items():
                 signal.signal(s, h)
         self._previous = {}
+
+
+def final_save(watch: PreemptionWatch, step: int, wait_background: Callable[[float], Any],
+               committed: Callable[[], list[int]], save: Callable[[], Any]) -> None:
+    """The final checkpoint after a preemption signal (``CheckpointManager.save_on_preemption``):
+    wait for the background save up to the deadline (its failure is logged, not raised),
+    then ``save()`` unless ``step`` is already ``committed()``, and mark the watch done.
+    Call from the training thread.
+
+    Raises:
+        What ``save`` raises (the final save failed; the watch is not marked done).
+    """
+    try:
+        wait_background(watch.remaining())
+    except TimeoutError:
+        log.error("the in-flight save did not finish before the preemption deadline")
+    except CloudckptError as e:
+        log.error("the previous background save failed: %s", e)
+    if step in committed():
+        log.warning("step %d is already committed; no final save needed", step)
+    else:
+        save()
+    watch.done.set()
+    log.warning("final checkpoint of step %d committed after preemption; exiting", step)
+
+
+def watching(watch: PreemptionWatch | None) -> PreemptionWatch:
+    """The manager's preemption watch. Any caller.
+
+    Raises:
+        InvalidArgument: there is none (the manager was created without ``preemption``).
+    """
+    if watch is None:
+        raise InvalidArgument("create the manager with preemption=True (or "
+                              "PreemptionOptions(...)) first")
+    return watch
