@@ -30,20 +30,20 @@ def _uri(name: str = "run") -> str:
     return f"memory://rep-{uuid.uuid4().hex[:10]}/{name}"
 
 
-def _model(seed: int = 0) -> torch.nn.Module:
+def _model(seed: int = 0) -> torch.nn.Sequential:
     torch.manual_seed(seed)
     m = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.Linear(128, 4))
     m[0].weight.requires_grad_(False)  # frozen: later saves reference its chunk
     return m
 
 
-def _save(mgr: CheckpointManager, steps: range, model: torch.nn.Module | None = None
+def _save(mgr: CheckpointManager, steps: range, model: torch.nn.Sequential | None = None
           ) -> dict[int, dict[str, Any]]:
     model = model or _model()
     snaps = {}
     for s in steps:
         with torch.no_grad():
-            model[1].weight.add_(0.01 * s)
+            model[1].weight.add_(0.01 * s)  # type: ignore[operator]
         mgr.save(s, model=model, metrics={"loss": 1.0 / s})
         snaps[s] = copy.deepcopy(model.state_dict())
     return snaps
