@@ -447,3 +447,20 @@ def test_inline_attempts_when_attempt_timeout_is_none() -> None:
     RetryPolicy().call(lambda: seen.append(threading.current_thread()), "op")
     assert seen[0] is threading.current_thread() and seen[1] is not threading.current_thread()
 
+
+
+def test_a_ranged_read_into_never_reuses_memory_an_abandoned_attempt_holds(
+        gate: threading.Event) -> None:
+    """``get_range_into``: once an attempt was abandoned (it may still write into the
+    caller's buffer when its server wakes up), the retry reads into new memory and says so
+    (the result is not a view of the caller's buffer), so the reader drops that buffer."""
+    inner = raw_memory("into-abandoned")
+    payload = bytes(range(256)) * 8
+    inner.put("k", payload)
+    policy = RetryPolicy(attempt_timeout=0.2, initial_backoff=0.0, deadline=10.0)
+    out = memoryview(bytearray(100))
+    got = RetryingStore(SlowStore(inner, gate, slow=1), policy).get_range_into("k", 10, out)
+    assert bytes(got) == payload[10:110] and got.obj is not out.obj
+    got = RetryingStore(inner, policy).get_range_into("k", 10, out)  # no abandoned attempt
+    assert bytes(got) == payload[10:110] and got.obj is out.obj
+    assert len(RetryingStore(inner, policy).get_range_into("k", 2000, out)) == 48  # short at the end

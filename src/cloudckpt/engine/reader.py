@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from cloudckpt.format.signing import Verifier
 from cloudckpt.format.tree import decode_tree, leaf_indices
 from cloudckpt.format.types import TypeRegistry
 from cloudckpt.storage import Store, open_store
+from cloudckpt.storage.base import read_range_into
 
 __all__ = ["inspect", "load", "place", "read_leaves"]
 
@@ -208,6 +210,22 @@ def _fetch_all(m: Manifest, runs: list[_Run | int], jobs: dict[int, list[Any]], 
                    for r in runs), default=0)
     in_flight = max(1, memory_budget // max(1, 2 * biggest + MiB))
 
+    scratch: dict[int, np.ndarray] = {}  # per worker thread, reused: fresh memory is slow
+
+    def fetch(run: _Run) -> memoryview:
+        st, key = resolve(run.ref)
+        # capped at the declared size; one byte more for a whole object detects appended data
+        want = run.end - run.start + (1 if run.whole else 0)
+        tid = threading.get_ident()
+        buf = scratch.get(tid)
+        if buf is None or buf.size < want:
+            buf = scratch[tid] = np.empty(max(want, biggest + 1), np.uint8)
+        out = buf.data[:want]
+        data = read_range_into(st, key, run.start, out)
+        if data.obj is not out.obj:  # an abandoned read may still write into ``buf``
+            scratch.pop(tid, None)
+        return data
+
     def task(run: _Run | int) -> None:
         if isinstance(run, int):
             try:
@@ -218,17 +236,14 @@ def _fetch_all(m: Manifest, runs: list[_Run | int], jobs: dict[int, list[Any]], 
             for view, off, length, pos, _path in jobs[run]:
                 view[pos:pos + length] = raw[off:off + length]
             return
-        st, key = resolve(run.ref)
-        # capped at the declared size; one byte more for a whole object detects appended data
-        data = st.get_range(key, run.start, run.end + (1 if run.whole else 0))
+        data = fetch(run)
         if len(data) != run.end - run.start:
             paths = sorted({j[4] for ci in run.chunk_ids for j in jobs[ci]})
             raise CorruptCheckpoint(
                 f"{uri}/{run.ref}: object is {len(data)} bytes where {run.end - run.start} were "
                 f"expected (truncated or altered); tensors affected: {', '.join(paths[:5])}")
-        mv = memoryview(data)
         for ci in run.chunk_ids:
-            _decode_chunk(m, ci, mv, run.start, jobs[ci], verify, uri)
+            _decode_chunk(m, ci, data, run.start, jobs[ci], verify, uri)
 
     workers = min(in_flight, max_workers or 8, len(runs) or 1)
     err = run_bounded(task, runs, in_flight=in_flight, workers=workers, name="cloudckpt-load")

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from cloudckpt.engine.commit import commit_manifest, discard, read_manifest
-from cloudckpt.engine.delta import READ_BUDGET, DeltaBase, DeltaSource, link_chains
+from cloudckpt.engine.delta import DeltaSource, link_chains
+from cloudckpt.engine.encode import SLACK, encode_chunk
 from cloudckpt.engine.pool import run_bounded
 from cloudckpt.engine.refs import parent_of
 from cloudckpt.errors import (
@@ -41,9 +42,10 @@ from cloudckpt.format.chunking import (
     leaf_info,
     plan_chunks,
     plan_objects,
+    resolve_compression,
     segments_of,
 )
-from cloudckpt.format.codecs import XorBGZstdCodec, check_compression, get_codec
+from cloudckpt.format.codecs import check_compression
 from cloudckpt.format.dedup import DedupIndex
 from cloudckpt.format.keys import MANIFEST_KEY, REF_MARK, data_key
 from cloudckpt.format.manifest import ChunkRecord, Manifest, Segment, TensorRecord, new_manifest
@@ -128,7 +130,9 @@ def save(state: Any, uri: str | os.PathLike[str] | Store, *, compression: str = 
          base: str | os.PathLike[str] | Store | None = None) -> SaveInfo:
     """Save ``state`` (nested dict/list/tuple of tensors, arrays and plain values) to ``uri``.
 
-    ``compression``: ``"auto"`` (byte-grouped zstd for floats, zstd for the rest), ``"zstd"``,
+    ``compression``: ``"auto"`` (object stores: byte-grouped zstd for floats, zstd for the
+    rest, i.e. ``"bg-zstd"``; local disk: ``"none"``, see
+    :func:`cloudckpt.format.chunking.resolve_compression`), ``"bg-zstd"``, ``"zstd"``,
     ``"none"``. ``metadata``: JSON-serialisable user data kept in the manifest.
     ``types``: a registry of extra types to store (see :mod:`cloudckpt.format.types`).
     ``base``: a committed checkpoint under the same parent prefix as ``uri`` (a sibling, e.g.
@@ -285,6 +289,7 @@ def write_leaves(store: Store, leaves: list[Leaf], save_id: str, *, compression:
         StorageError and subclasses: an upload failed.
     """
     infos = [leaf_info(leaf.value) for leaf in leaves]
+    compression = resolve_compression(compression, store.protocol, delta=delta is not None)
     chunks = plan_chunks(infos, compression, chunk_size)
     groups = plan_objects(chunks, object_size)
     paths = [leaf.path for leaf in leaves]
@@ -319,7 +324,7 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
 
     def task(n: int) -> None:
         key = data_key(save_id, n)
-        need = sum(chunks[ci].raw_size + _SLACK for ci in groups[n])
+        need = sum(chunks[ci].raw_size + SLACK for ci in groups[n])
         body = bodies.get(threading.get_ident())
         if body is None or body.size < need:  # fresh memory is slow: allocate once per worker
             body = bodies[threading.get_ident()] = np.empty(max(need, object_size), np.uint8)
@@ -334,7 +339,7 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
             if hit is not None:
                 recs.append(hit)
                 continue
-            codec, size, base = _encode(plan, raw, delta, body[offset:])
+            codec, size, base = encode_chunk(plan, raw, delta, body[offset:])
             if isinstance(size, bytes):  # did not fit: grow this worker's buffer
                 grown = np.empty(max(2 * body.size, need + len(size)), np.uint8)
                 grown[:offset] = body[:offset]
@@ -374,45 +379,3 @@ def _write_objects(store: Store, leaves: list[Leaf], chunks: list[ChunkPlan],
             discard(store, written)
         raise err
     return [r for group in results for r in (group or [])], chains, len(written)
-
-
-#: body bytes reserved per chunk beyond its raw size (plane headers); an encoding that needs
-#: more grows the worker's buffer
-_SLACK = 4 + 9 * 16
-
-
-def _encode(plan: ChunkPlan, raw: memoryview, delta: tuple[DeltaSource, list[str]] | None,
-            out: np.ndarray) -> tuple[str, int | bytes, DeltaBase | None]:
-    """Encode one chunk into ``out``: (codec, stored size, base if a delta); in place of the
-    size, the stored bytes when they do not fit in ``out``. A delta against the previous
-    copy of the same tensor region when there is one and its whole chain (what a restore
-    reads) stays within ``READ_BUDGET`` times the full chunk's stored size."""
-    base = None
-    if delta is not None and plan.codec == "bg-zstd" and len(plan.pieces) == 1:
-        li, start, end = plan.pieces[0]
-        base = delta[0].base_for(delta[1][li], start, end - start)
-    # a restore reads the whole chain: it may cost at most READ_BUDGET x the full chunk
-    budget = READ_BUDGET * base.chain[-1].stored_size if base is not None else 0.0
-    spent = sum(c.stored_size for c in base.chain) if base is not None else 0
-    if base is None or base.raw.size != len(raw) or spent >= budget:
-        return plan.codec, _encode_plain(plan, raw, out), None
-    xor = np.bitwise_xor(np.frombuffer(raw, dtype=np.uint8), base.raw)
-    enc = XorBGZstdCodec().encode(xor.data, plan.itemsize)
-    if spent + len(enc) > budget:  # weights that moved a lot: a full chunk restores faster
-        return plan.codec, _encode_plain(plan, raw, out), None
-    return XorBGZstdCodec.name, _place(enc, out), base
-
-
-def _encode_plain(plan: ChunkPlan, raw: memoryview, out: np.ndarray) -> int | bytes:
-    """Codecs with ``encode_into`` write straight into ``out``; others are copied there."""
-    codec = get_codec(plan.codec)
-    into = getattr(codec, "encode_into", None)
-    size = into(raw, plan.itemsize, out) if into is not None else None
-    return size if size is not None else _place(codec.encode(raw, plan.itemsize), out)
-
-
-def _place(enc: bytes | memoryview, out: np.ndarray) -> int | bytes:
-    if len(enc) > out.size:
-        return bytes(enc)
-    out[:len(enc)] = np.frombuffer(enc, dtype=np.uint8)
-    return len(enc)

@@ -102,7 +102,9 @@ def write_step(ctx: RunContext, step: int, tree: Any, leaves: list[Leaf],
     base = deltas if deltas is not None and src is not None and deltas.step == src else None
     try:
         info = write_encoded(tree, leaves, ctx.step_store(step), metadata=meta,
-                             compression=ctx.compression, overwrite=overwrite, dedup=dedup,
+                             compression=("bg-zstd" if deltas is not None
+                                          and ctx.compression == "auto" else ctx.compression),
+                             overwrite=overwrite, dedup=dedup,
                              ref_check=lambda refs: _check_refs(ctx, step, refs),
                              protect=protect, delta=base)
     except BaseException:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ObjectInfo", "PendingUpload", "Store", "StoreWrapper", "Upload"]
+__all__ = ["ObjectInfo", "PendingUpload", "Store", "StoreWrapper", "Upload", "copy_into",
+           "read_range_into"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,14 @@ class Store(Protocol):
         """Read bytes ``[start, end)`` of an object. Short reads past the end are returned
         as-is; the caller checks sizes."""
 
+    def get_range_into(self, key: str, start: int, out: memoryview) -> memoryview:
+        """Read bytes ``[start, start + len(out))`` of an object into ``out`` (short at the
+        object's end; the caller checks sizes) and return a view of the bytes read: normally
+        ``out[:n]``. A wrapper that abandoned an attempt (a store that stopped answering) may
+        return new memory instead; then the abandoned attempt may still write into ``out``
+        later, and the caller must not use ``out`` again (check ``result.obj is out.obj``).
+        Optional: :func:`read_range_into` falls back to ``get_range`` for stores without it."""
+
     def stat(self, key: str) -> ObjectInfo:
         """Size, etag/generation, mtime and storage class of one object."""
 
@@ -155,6 +164,29 @@ class StoreWrapper:
     @property
     def min_part_size(self) -> int:
         return self.inner.min_part_size
+
+    def get_range_into(self, key: str, start: int, out: memoryview) -> memoryview:
+        """Through this wrapper's own ``get_range`` (so its faults, counts and retries
+        apply); wrappers that only pass calls on override it to keep the inner store's."""
+        return copy_into(self.get_range(key, start, start + len(out)), out)
+
+
+def copy_into(data: bytes | memoryview, out: memoryview) -> memoryview:
+    """``data`` (at most ``len(out)`` bytes) copied into ``out``; the view of ``out`` filled.
+    Pure helper."""
+    n = min(len(data), len(out))
+    out[:n] = memoryview(data)[:n]
+    return out[:n]
+
+
+def read_range_into(store: Store, key: str, start: int, out: memoryview) -> memoryview:
+    """``store.get_range_into`` when the store's class defines it, else ``get_range``
+    copied into ``out`` (stores written before the method existed, and wrappers that pass
+    unknown attributes on to another store, whose own ``get_range`` must stay in the path).
+    Any thread; raises what the store raises."""
+    if callable(getattr(type(store), "get_range_into", None)):
+        return store.get_range_into(key, start, out)
+    return copy_into(store.get_range(key, start, start + len(out)), out)
 
 
 def iter_parts(chunks: Iterable[bytes | memoryview], part_size: int) -> Iterable[bytes]:

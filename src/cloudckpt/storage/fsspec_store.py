@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from cloudckpt.errors import NotFound
 from cloudckpt.storage.backends.base import Backend
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
+from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload, copy_into
 from cloudckpt.storage.translate import translate_error
 from cloudckpt.storage.uri import StoreURI, validate_key
 
@@ -106,6 +106,15 @@ class FsspecStore:
             return b""
         return bytes(self._call("ranged read of", key, self.fs.cat_file, self._path(key),
                                 start=start, end=end))
+
+    def get_range_into(self, key: str, start: int, out: memoryview) -> memoryview:
+        if not len(out):
+            return out
+        read_into = getattr(self._backend, "read_into", None)
+        if read_into is None:  # the backend's client hands back new bytes: copy them
+            return copy_into(self.get_range(key, start, start + len(out)), out)
+        n = self._call("ranged read of", key, read_into, self._path(key), start, out)
+        return out[:n]
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)

@@ -7,7 +7,14 @@ import builtins
 from collections.abc import Sequence
 from dataclasses import replace
 
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, StoreWrapper, Upload
+from cloudckpt.storage.base import (
+    ObjectInfo,
+    PendingUpload,
+    Store,
+    StoreWrapper,
+    Upload,
+    read_range_into,
+)
 from cloudckpt.storage.uri import StoreURI, validate_key
 
 __all__ = ["PrefixedStore", "substore"]
@@ -44,6 +51,9 @@ class PrefixedStore(StoreWrapper):
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         return self.inner.get_range(self._k(key), start, end)
+
+    def get_range_into(self, key: str, start: int, out: memoryview) -> memoryview:
+        return read_range_into(self.inner, self._k(key), start, out)
 
     def stat(self, key: str) -> ObjectInfo:
         return self._strip(self.inner.stat(self._k(key)))

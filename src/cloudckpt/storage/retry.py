@@ -33,7 +33,14 @@ from cloudckpt.errors import (
     TransientStorageError,
 )
 from cloudckpt.storage.attempts import TimedOut, abandoned_attempts, run_attempt
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Store, StoreWrapper, Upload
+from cloudckpt.storage.base import (
+    ObjectInfo,
+    PendingUpload,
+    Store,
+    StoreWrapper,
+    Upload,
+    read_range_into,
+)
 from cloudckpt.storage.throttle import Limiter, limiter_for
 from cloudckpt.storage.translate import is_throttled, is_transient, is_unreachable
 from cloudckpt.storage.uri import redact
@@ -307,6 +314,21 @@ class RetryingStore(StoreWrapper):
         return self._call(lambda: self.inner.get_range(key, start, end),
                                 f"ranged read [{start}, {end}) of {self._u(key)}",
                                 nbytes=max(0, end - start))
+
+    def get_range_into(self, key: str, start: int, out: memoryview) -> memoryview:
+        running = [0]  # attempts that started and have not returned: abandoned ones
+
+        def attempt() -> memoryview:
+            if running[0]:  # an abandoned attempt may still write into ``out``: new memory
+                return memoryview(self.inner.get_range(key, start, start + len(out)))
+            running[0] += 1
+            try:
+                return read_range_into(self.inner, key, start, out)
+            finally:
+                running[0] -= 1
+
+        return self._call(attempt, f"ranged read [{start}, {start + len(out)}) of "
+                                   f"{self._u(key)}", nbytes=len(out))
 
     def stat(self, key: str) -> ObjectInfo:
         return self._call(lambda: self.inner.stat(key), f"stat of {self._u(key)}")
