@@ -21,6 +21,8 @@ import pytest
 import cloudckpt
 from cloudckpt import CheckpointManager, IncrementalOptions, Replica
 from cloudckpt.format.keys import DATA_PREFIX, step_dir
+from cloudckpt.manager import RunContext
+from cloudckpt.manager.sharing import referenced
 from cloudckpt.storage import RetryPolicy, open_store
 from cloudckpt.testing.proxy import FreezableProxy
 from tests.conftest import PROJECT, Emulators, bucket_name, make_bucket
@@ -45,6 +47,13 @@ def _check_replica(uri: str, opts: dict[str, Any], steps: list[int]) -> None:
         assert_same(weights(s), cloudckpt.load(sub, storage_options=opts)["extra"])
 
 
+def _no_orphans(uri: str, opts: dict[str, Any]) -> None:
+    """Every data object under ``uri`` is read by a committed checkpoint there."""
+    ctx = RunContext.open(uri, storage_options=opts)
+    listing = ctx.index.scan()
+    assert {o.key for objs in listing.data.values() for o in objs} == referenced(ctx, listing)
+
+
 def _visible_intact(uri: str, opts: dict[str, Any]) -> list[int]:
     """Steps visible at ``uri``; every one of them verifies (never a partial checkpoint)."""
     steps = CheckpointManager(uri, storage_options=opts, keep_last=None).steps()
@@ -61,7 +70,8 @@ def test_replicate_retain_then_restore_from_replicas_when_the_primary_is_down(
     with FreezableProxy(emus.endpoint("s3")) as proxy:
         bucket = bucket_name("s3")
         make_bucket(emus, "s3", bucket)
-        primary = open_store(f"s3://{bucket}/run", storage_options=options_for("s3", proxy.endpoint),
+        s3_opts = options_for("s3", proxy.endpoint)
+        primary = open_store(f"s3://{bucket}/run", storage_options=s3_opts,
                              retry=RetryPolicy(deadline=3.0, connect_budget=1.0))
         mgr = CheckpointManager(primary, keep_last=2, keep_best=None,
                                 incremental=IncrementalOptions(grace=0), replicas=replicas)
@@ -72,9 +82,11 @@ def test_replicate_retain_then_restore_from_replicas_when_the_primary_is_down(
         assert mgr.steps() == [2, 3]
         for uri, opts in ((gs, gs_opts), (az, az_opts)):
             _check_replica(uri, opts, [2, 3])  # keep_last applied there too
-            data_dirs = {o.key.partition("/")[0] for o in open_store(uri, storage_options=opts).list()
-                         if f"/{DATA_PREFIX}/" in o.key}
-            assert data_dirs == {step_dir(2), step_dir(3)}, uri  # step 1's data released, swept
+            _no_orphans(uri, opts)  # what the replica released (step 1) was swept
+        # the frozen tensor's chunk is one object, referenced by both replicated steps
+        gs_two = cloudckpt.inspect(f"{gs}/{step_dir(2)}", storage_options=gs_opts)
+        assert gs_two.shared_bytes > 0 and gs_two.objects == \
+            cloudckpt.inspect(f"{primary.uri}/{step_dir(2)}", storage_options=s3_opts).objects
 
         # damage the GCS copy of step 3: restore must take Azure's, not an older step
         st = open_store(f"{gs}/{step_dir(3)}", storage_options=gs_opts)

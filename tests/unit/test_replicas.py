@@ -5,6 +5,7 @@ injected with FaultyStore)."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import uuid
 from typing import Any
@@ -13,12 +14,14 @@ import pytest
 import torch
 
 import cloudckpt
+from cloudckpt.engine.commit import read_manifest
 from cloudckpt.engine.verify import verify
 from cloudckpt.errors import InvalidArgument, InvalidURI
 from cloudckpt.format.keys import DATA_PREFIX, GENERATIONS_PREFIX, MANIFEST_KEY, step_dir
 from cloudckpt.manager import CheckpointManager, IncrementalOptions, Replica, RunContext
 from cloudckpt.manager.replica_sync import sync_replica
 from cloudckpt.manager.replicas import open_replica, replica_specs
+from cloudckpt.manager.sharing import referenced
 from cloudckpt.storage import Store, open_store
 from cloudckpt.testing import FaultPlan, FaultyStore, SimulatedCrash
 from tests.helpers import assert_same
@@ -57,6 +60,17 @@ def _ctx(store: Store) -> RunContext:
     return RunContext.open(store, incremental=IncrementalOptions(grace=0))
 
 
+def _no_orphans(uri: str) -> None:
+    ctx = _ctx(open_store(uri))
+    listing = ctx.index.scan()
+    data = {o.key for objs in listing.data.values() for o in objs}
+    assert data == referenced(ctx, listing), uri
+
+
+def _objects(uri: str, step: int) -> list[str]:
+    return read_manifest(open_store(f"{uri}/{step_dir(step)}")).objects
+
+
 # -- validation -------------------------------------------------------------------------------
 def test_replica_validation() -> None:
     p = "s3://bucket/run"
@@ -93,9 +107,7 @@ def test_saves_replicate_with_retention_and_each_replica_restores_alone() -> Non
     assert mgr.steps() == [3, 4]
     for r in (r1, r2):
         assert _steps(r) == [3, 4]  # retention applied at the replica
-        store = open_store(r)
-        leftovers = {o.key.partition("/")[0] for o in store.list() if "/data/" in o.key}
-        assert leftovers == {step_dir(3), step_dir(4)}  # released data of 1, 2 swept
+        _no_orphans(r)  # data released at the replica was swept (grace 0)
         for s in (3, 4):
             assert verify(f"{r}/{step_dir(s)}").ok
         model = _model(seed=1)
@@ -138,28 +150,19 @@ def _primary(steps: range, keep_last: int | None = None) -> tuple[str, dict[int,
 def test_copier_killed_midway_leaves_nothing_visible_and_the_next_pass_finishes() -> None:
     primary, _ = _primary(range(1, 3))
     target = _uri("mirror")
-    # the copier dies at its second object write (step 2: its own data and the frozen layer's
-    # chunk materialised from step 1): part of the data is there
-    crashing = FaultyStore(open_store(target))
-    calls: list[str] = []
-    orig_put = crashing.put
-
-    def put(key: str, data: Any, **kw: Any) -> None:
-        if len(calls) == 1:
-            crashing.crashed = True
-            raise SimulatedCrash(f"killed before writing {key}")
-        calls.append(key)
-        orig_put(key, data, **kw)
-
-    crashing.put = put  # type: ignore[method-assign]
+    # object writes: step 1's data, its manifest, step 2's data, its manifest. The copier dies
+    # at the fourth: step 2's data is there, its manifest is not
+    crashing = FaultyStore(open_store(target), FaultPlan(ops=frozenset({"put", "finish"}),
+                                                         crash_at=3))
     with pytest.raises(SimulatedCrash):
         sync_replica(_ctx(open_store(primary)), _ctx(crashing))
-    assert any(f"{DATA_PREFIX}/" in k for k in calls)
+    assert [op for _, op, _ in crashing.calls] == ["finish", "put", "finish", "put"]
+    assert _steps(target) == [1]
     store = open_store(target)
-    assert any("/data/" in o.key for o in store.list())  # data landed...
-    assert _steps(target) == []  # ...and no checkpoint is visible
+    assert any(o.key.startswith(f"{step_dir(2)}/data/") for o in store.list())  # data landed
+    assert _steps(target) == [1]  # ...and step 2 is not visible
     report = sync_replica(_ctx(open_store(primary)), _ctx(open_store(target)))
-    assert report.complete and report.copied == (2, 1)
+    assert report.complete and report.copied == (2,)
     assert _steps(target) == [1, 2] and all(verify(f"{target}/{step_dir(s)}").ok for s in (1, 2))
 
 
@@ -218,6 +221,46 @@ def test_replaced_step_at_the_primary_is_copied_again() -> None:
     report = sync_replica(_ctx(open_store(primary)), _ctx(open_store(target)))
     assert report.copied == (2,)
     assert open_store(f"{target}/{step_dir(2)}").get(MANIFEST_KEY) != old
+    assert verify(f"{target}/{step_dir(2)}").ok
+
+
+def test_references_stay_references_where_the_replica_holds_their_target() -> None:
+    primary, snaps = _primary(range(1, 4))
+    target = _uri("mirror")
+    sync_replica(_ctx(open_store(primary)), _ctx(open_store(target)))
+    for s in (2, 3):  # the frozen layer's chunk: a reference to step 1's object, as at the primary
+        assert _objects(target, s) == _objects(primary, s)
+        assert any(o.startswith("@step-000000000001/") for o in _objects(target, s))
+    # the primary drops step 1: so does the replica, and the data 2 and 3 read stays
+    CheckpointManager(primary, keep_last=None, incremental=NOW["grace"]).delete(1)
+    assert sync_replica(_ctx(open_store(primary)), _ctx(open_store(target))).deleted == (1,)
+    _no_orphans(target)
+    for s in (2, 3):
+        assert verify(f"{target}/{step_dir(s)}").ok
+        model = _model(seed=9)
+        assert CheckpointManager(target, keep_last=None).restore(s, model=model) is not None
+        assert_same(snaps[s], model.state_dict())
+    # a replica that never held step 1 gets standalone copies
+    fresh = _uri("fresh")
+    sync_replica(_ctx(open_store(primary)), _ctx(open_store(fresh)))
+    assert not any(o.startswith("@") for s in (2, 3) for o in _objects(fresh, s))
+    assert all(verify(f"{fresh}/{step_dir(s)}").ok for s in (2, 3))
+
+
+def test_a_reference_released_at_the_replica_is_copied_instead() -> None:
+    primary, _ = _primary(range(1, 3))
+    target = _uri("mirror")
+    p = _ctx(open_store(primary))
+    mgr = CheckpointManager(primary, keep_last=None)
+    mgr.delete(2)
+    sync_replica(p, _ctx(open_store(target)))  # the replica holds step 1 only
+    _save(CheckpointManager(primary, keep_last=None, incremental=NOW["grace"]), range(2, 3))
+    ref = next(o for o in _objects(primary, 2) if o.startswith("@"))
+    # a deletion at the replica is under way: it released the object step 2 would reference
+    open_store(target).put("released/20260101T000000-000000000000.json",
+                           json.dumps({"step": 1, "objects": [ref[1:]]}).encode())
+    sync_replica(_ctx(open_store(primary)), _ctx(open_store(target)))
+    assert not any(o.startswith("@") for o in _objects(target, 2))
     assert verify(f"{target}/{step_dir(2)}").ok
 
 

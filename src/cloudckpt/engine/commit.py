@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from cloudckpt.engine.refs import local_key, resolver, standalone
+from cloudckpt.engine.refs import local_key, resolver
 from cloudckpt.engine.trust import resolve_signer, resolve_verifier
 from cloudckpt.errors import (
     AlreadyExists,
@@ -204,7 +205,8 @@ def delete_checkpoint(store: Store) -> int:
 def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
                     progress: Callable[[int], None] | None = None,
                     storage_options: Mapping[str, Any] | None = None,
-                    check: bool = False) -> Manifest:
+                    check: bool = False, keep: Collection[str] = (),
+                    confirm: Callable[[frozenset[str]], bool] | None = None) -> Manifest:
     """Copy the committed checkpoint at ``src`` to ``dst`` (any two backends): data objects
     first (streamed, bounded memory), each size-checked, then the manifest last, create-only.
     With ``check``, each copied object is also read back from ``dst`` (one object in memory
@@ -212,7 +214,10 @@ def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
     (costs one read of the copy). The copy stands alone: objects that ``src`` references in
     sibling checkpoints (incremental saves) are copied into its own ``data/shared/`` and its
     manifest rewritten to point there (signed with the environment's signing key, unsigned
-    without one). Re-running after an interruption completes the copy. Returns the copied
+    without one), except the references in ``keep``: the caller vouches that ``dst``'s parent
+    holds those objects (a replica of the run holding the sibling), and they stay references
+    if ``confirm(kept)``, asked right before the manifest is written, returns true (else they
+    are copied too). Re-running after an interruption completes the copy. Returns the copied
     manifest. Any thread may call this.
 
     Raises:
@@ -226,7 +231,8 @@ def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
     ends: dict[str, int] = {}
     for c in manifest.chunks:
         ends[c.object] = max(ends.get(c.object, 0), c.offset + c.stored_size)
-    for ref in manifest.objects:
+
+    def copy(ref: str) -> None:
         store, key = resolve(ref)
         if ref.startswith(REF_MARK):  # only the used head of a shared object (<= object size)
             target = local_key(ref)
@@ -246,8 +252,20 @@ def copy_checkpoint(src: Store, dst: Store, *, storage_class: str | None = None,
             dst.set_storage_class(target, storage_class)
         if progress is not None:
             progress(size)
-    if any(ref.startswith(REF_MARK) for ref in manifest.objects):
-        manifest = standalone(manifest)
+
+    kept = frozenset(r for r in manifest.objects if r.startswith(REF_MARK) and r in keep)
+    for ref in manifest.objects:
+        if ref not in kept:
+            copy(ref)
+    if kept and confirm is not None and not confirm(kept):
+        for ref in sorted(kept):
+            copy(ref)
+        kept = frozenset()
+    if any(ref.startswith(REF_MARK) and ref not in kept for ref in manifest.objects):
+        manifest = replace(manifest, chunks=tuple(
+            replace(c, object=local_key(c.object))
+            if c.object.startswith(REF_MARK) and c.object not in kept else c
+            for c in manifest.chunks))
         manifest_bytes = encode_manifest(manifest, resolve_signer(None))
     try:
         dst.put(MANIFEST_KEY, manifest_bytes, create_only=True)

@@ -1,9 +1,10 @@
 """One reconciliation pass of a replica with the primary run (see :mod:`.replicas`).
 
 A replica is a run of its own under the replica's root, with the primary's layout: the same
-``step-N/`` keys, the primary's lineage claims (``generations/``), each checkpoint a
-standalone copy (references into sibling checkpoints materialised into its ``data/shared/``).
-So ``CheckpointManager(replica_uri).restore()`` works on it alone.
+``step-N/`` keys and data keys, the primary's lineage claims (``generations/``), references
+between checkpoints only where the replica holds their target. So
+``CheckpointManager(replica_uri).restore()`` works on it alone, and an incremental run costs
+the replica about what it costs the primary.
 
 A pass (:func:`sync_replica`), in this order:
 
@@ -11,9 +12,14 @@ A pass (:func:`sync_replica`), in this order:
    If the listing fails, the pass stops here (nothing at the replica is touched).
 2. Copy the lineage claims the replica lacks (create-only; they are immutable), so the
    replica's lineage matches the primary's before any manifest that names a generation.
-3. Copy each wanted checkpoint the replica lacks, newest first, with
+3. Copy each wanted checkpoint the replica lacks, oldest first, with
    :func:`~cloudckpt.engine.commit.copy_checkpoint`: data objects first, each read back and
-   its chunks' checksums checked (``check``), the manifest last, create-only. A copy killed
+   its chunks' checksums checked (``check``), the manifest last, create-only. A reference
+   into a sibling checkpoint stays a reference when the replica's committed copy of that
+   sibling holds the object (its key names the save, so it is the same object), re-checked
+   right before the manifest is written as a save re-checks its references
+   (:func:`.sharing.referenceable`); otherwise the object is copied into the checkpoint's
+   own ``data/shared/``. A copy killed
    midway leaves data without a manifest: invisible to listings and restores, overwritten by
    the next pass (same keys), or swept by GC once older than the grace period. A replica
    checkpoint of a step whose primary checkpoint differs (another ``save_id``: the primary
@@ -32,17 +38,20 @@ replica. Nothing here holds state between passes except the contexts' caches.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 
 from cloudckpt.engine.commit import copy_checkpoint
 from cloudckpt.errors import AlreadyExists, CloudckptError, NotFound
+from cloudckpt.format.keys import REF_MARK, run_key, step_dir
+from cloudckpt.format.manifest import Manifest
 from cloudckpt.manager.archive import needs_rehydration
 from cloudckpt.manager.context import RunContext
 from cloudckpt.manager.gc import collect_garbage
 from cloudckpt.manager.index import CheckpointRecord, Listing
 from cloudckpt.manager.lineage import live_records
-from cloudckpt.manager.sharing import delete_hot, sweep_releases
+from cloudckpt.manager.sharing import delete_hot, referenceable, sweep_releases
 
 __all__ = ["SyncReport", "sync_replica", "wanted_records"]
 
@@ -93,10 +102,15 @@ def _copy_claims(primary: RunContext, replica: RunContext, plisting: Listing,
             replica.store.put(o.key, body, create_only=True)
 
 
-def _save_id(ctx: RunContext, listing: Listing, step: int) -> str | None:
+def _manifest(ctx: RunContext, listing: Listing, step: int) -> Manifest | None:
     info = listing.committed.get(step)
-    m = ctx.index.manifest(step, info) if info is not None else None
-    return None if m is None else m.save_id
+    return ctx.index.manifest(step, info) if info is not None else None
+
+
+def _own(m: Manifest | None, step: int) -> set[str]:
+    """Run keys of the objects the checkpoint of ``step`` holds itself (not references)."""
+    return set() if m is None else {run_key(step_dir(step), o) for o in m.objects
+                                    if not o.startswith(REF_MARK)}
 
 
 def sync_replica(primary: RunContext, replica: RunContext, *, check: bool = True) -> SyncReport:
@@ -118,17 +132,25 @@ def sync_replica(primary: RunContext, replica: RunContext, *, check: bool = True
     copied: list[int] = []
     vanished: list[int] = []
     failed: dict[int, str] = {}
-    for step in sorted(wanted, reverse=True):
-        source = _save_id(primary, plisting, step)
-        if step in rlisting.committed:
-            if _save_id(replica, rlisting, step) == source:
+    here = {s: _manifest(replica, rlisting, s) for s in rlisting.committed}
+    own = {s: _own(m, s) for s, m in here.items()}  # objects references may keep pointing at
+    for step in sorted(wanted):  # oldest first: newer copies can reference older ones
+        source = _manifest(primary, plisting, step)
+        if step in here:
+            mine = here[step]
+            if mine is not None and source is not None and mine.save_id == source.save_id:
                 continue  # already there, the same save
             log.warning("replica %s: step %d differs from the primary's (replaced there, or "
                         "damaged here); copying it again", replica.uri, step)
             delete_hot(replica, step)
+            own.pop(step, None)
+        held = set().union(*own.values()) if own else set()
+        keep = {r for r in (source.objects if source is not None else ())
+                if r.startswith(REF_MARK) and r[len(REF_MARK):] in held}
         try:
-            copy_checkpoint(primary.step_store(step), replica.step_store(step), check=check,
-                            storage_options=primary.storage_options)
+            m = copy_checkpoint(primary.step_store(step), replica.step_store(step), check=check,
+                                storage_options=primary.storage_options, keep=keep,
+                                confirm=functools.partial(referenceable, replica, step))
         except NotFound as e:  # retention at the primary deleted it meanwhile
             log.info("replica %s: step %d vanished at the primary while copying (%s)",
                      replica.uri, step, e)
@@ -139,6 +161,7 @@ def sync_replica(primary: RunContext, replica: RunContext, *, check: bool = True
                         replica.uri, step, primary.uri, e)
             failed[step] = str(e)
             continue
+        own[step] = _own(m, step)
         copied.append(step)
         log.info("replicated step %d from %s to %s", step, primary.uri, replica.uri)
     deleted = _retain(replica, rlisting, set(wanted), failed)
