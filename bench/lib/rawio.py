@@ -62,7 +62,12 @@ def _read_into(read: Any, state: State) -> State:
 
 
 def load_local(loc: str, ctx: Any) -> State:
-    state = empty_state(ctx.size_mib, ctx.dtype)
+    return read_into_file(loc, empty_state(ctx.size_mib, ctx.dtype))
+
+
+def read_into_file(loc: str, state: State) -> State:
+    """``readinto`` the raw file under ``loc`` straight into ``state``'s tensors (sorted by
+    name; preallocated by the caller). Raises OSError on a short file."""
     with open(os.path.join(loc, RAW_FILE), "rb", buffering=0) as f:
         return _read_into(f.readinto, state)
 
@@ -109,8 +114,14 @@ def save_s3(state: State, loc: str, ctx: Any) -> None:
 
 
 def load_s3(loc: str, ctx: Any) -> State:
+    return get_into(loc, ctx, empty_state(ctx.size_mib, ctx.dtype))
+
+
+def get_into(loc: str, ctx: Any, state: State) -> State:
+    """One plain ``GET`` of the raw object under ``loc``, its body read straight into
+    ``state``'s tensors (sorted by name; preallocated by the caller). Raises OSError on a
+    short body, botocore's errors on a failed request."""
     bucket, key = _bucket_key(loc)
-    state = empty_state(ctx.size_mib, ctx.dtype)
     body = _client(ctx).get_object(Bucket=bucket, Key=key)["Body"]
     try:
         return _read_into(body.readinto, state)
