@@ -238,7 +238,7 @@ def test_reencoded_donor_crash_midway_and_failing_reads(tmp_path) -> None:  # ty
     torch.manual_seed(1)
     frozen = torch.randn(1024 * 1024)
     CheckpointManager(uri, keep_last=None, compression="none").save(100, model=_model(100, frozen))
-    CheckpointManager(uri, keep_last=None).save(200, model=_model(200, frozen))
+    CheckpointManager(uri, keep_last=None, compression="bg-zstd").save(200, model=_model(200, frozen))
     sub = substore(open_store(uri), step_dir(200))
     key, off = _chunk_of(sub, FROZEN)
     original = sub.get(key)
