@@ -142,3 +142,21 @@ def test_copier_killed_midway_leaves_no_partial_checkpoint_and_a_new_manager_cat
     mgr.close()
     for uri, opts in ((gs, gs_opts), (az, az_opts)):
         _check_replica(uri, opts, [2, 3])
+
+
+def test_a_frozen_replica_never_blocks_saves_or_close(emus: Emulators, tmp_path: Any) -> None:
+    gs, _ = _location(emus, "gcs")
+    with FreezableProxy(emus.endpoint("gcs")) as proxy:
+        proxy.freeze()  # the replica's region stops answering, connections stay open
+        frozen = Replica(gs, options_for("gcs", proxy.endpoint), retry=RetryPolicy(deadline=30))
+        mgr = CheckpointManager(str(tmp_path / "run"), keep_last=2, replicas=[frozen])
+        t0 = time.monotonic()
+        for step in range(1, 4):
+            mgr.save(step, extra=weights(step))
+        saves = time.monotonic() - t0
+        assert saves < 10, f"3 small local saves took {saves:.1f} s with a frozen replica"
+        assert mgr.steps() == [2, 3]
+        assert mgr.wait_replicas(0.5) is False
+        t0 = time.monotonic()
+        mgr.close(replica_timeout=1.0)  # as at interpreter exit (exit_timeout)
+        assert time.monotonic() - t0 < 3.0

@@ -40,6 +40,7 @@ from cloudckpt.storage import RetryPolicy, open_store, parse_uri
 __all__ = ["Replica", "Replicator", "replica_specs"]
 
 log = logging.getLogger("cloudckpt.manager")
+_POLL = 1.0  # seconds between checks that a worker thread is still alive
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,9 @@ class _Worker:
     def wait(self, target: int, deadline: float | None) -> bool:
         """Until a pass covering request ``target`` finished: True if it was complete."""
         with self.cond:
-            while self.finished < target and not self.closed:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+            while self.finished < target and not self.closed and self.thread.is_alive():
+                left = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+                if left <= 0:
                     return False
                 self.cond.wait(left)
             return self.ok >= target
