@@ -207,6 +207,8 @@ _DCP = ("torch", "torch.distributed.checkpoint")
 LOCAL_METHODS = {m.name: m for m in (
     Method("cloudckpt", _cloudckpt_save("auto"), _cloudckpt_load, _CC),
     Method("cloudckpt-none", _cloudckpt_save("none"), _cloudckpt_load, _CC),
+    # the default on local disk before issue 14 ("auto" is "none" there now)
+    Method("cloudckpt-bg", _cloudckpt_save("bg-zstd"), _cloudckpt_load, _CC),
     Method("torch.save", _torch_save_local, _torch_load_local, ("torch",)),
     Method("safetensors", _safetensors_save_local, _safetensors_load_local,
            ("torch", "safetensors.torch")),
@@ -229,8 +231,8 @@ METHODS = {"local": LOCAL_METHODS, "s3": S3_METHODS}
 
 # -- DCP storage writers (multi-rank scenario) ----------------------------------------------
 
-#: cloudckpt's DCP writer (both compressions) and DCP's own durable FileSystemWriter
-DCP_WRITERS = ("cloudckpt", "cloudckpt-none", "dcp-fs")
+#: cloudckpt's DCP writer (default, none, bg-zstd) and DCP's own durable FileSystemWriter
+DCP_WRITERS = ("cloudckpt", "cloudckpt-none", "cloudckpt-bg", "dcp-fs")
 
 
 def dcp_writer(name: str, loc: str) -> Any:
@@ -241,4 +243,5 @@ def dcp_writer(name: str, loc: str) -> Any:
         return dcp.FileSystemWriter(loc, sync_files=True, thread_count=2)
     import cloudckpt.dcp
 
-    return cloudckpt.dcp.Writer(loc, compression="none" if name == "cloudckpt-none" else "auto")
+    compression = {"cloudckpt-none": "none", "cloudckpt-bg": "bg-zstd"}.get(name, "auto")
+    return cloudckpt.dcp.Writer(loc, compression=compression)
