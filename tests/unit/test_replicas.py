@@ -294,6 +294,25 @@ def test_restore_falls_back_to_the_newest_intact_replica(caplog: Any) -> None:
     mgr.close(replica_timeout=1)
 
 
+def test_a_damaged_newest_checkpoint_at_the_primary_is_taken_from_a_replica() -> None:
+    primary, snaps = _primary(range(1, 4))
+    mirror = _uri("mirror")
+    sync_replica(_ctx(open_store(primary)), _ctx(open_store(mirror)))
+    st = open_store(f"{primary}/{step_dir(3)}")
+    key = next(o.key for o in st.list(DATA_PREFIX))
+    st.put(key, b"\0" * len(st.get(key)))  # bit rot at the primary after replication
+    model = _model(seed=4)
+    mgr = CheckpointManager(primary, keep_last=None, replicas=[mirror])
+    state = mgr.restore(model=model)
+    assert state is not None and state.step == 3 and state.uri.startswith(mirror)
+    assert_same(snaps[3], model.state_dict())
+    mgr.close(replica_timeout=10)
+    mgr.close()  # twice: a no-op
+    alone = CheckpointManager(primary, keep_last=None)
+    assert alone.wait_replicas(0) is True  # no replicas: nothing to wait for
+    assert alone.restore(model=model).step == 2  # type: ignore[union-attr]
+
+
 def test_restore_uses_the_primary_when_it_can_and_replicas_when_it_is_empty() -> None:
     primary, snaps = _primary(range(1, 3))
     mirror = _uri("mirror")

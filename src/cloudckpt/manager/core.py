@@ -120,6 +120,7 @@ class CheckpointManager:
                                                                     metric, mode)
                                        if retention is None else retention, archive=archive,
                                        incremental=incremental)
+        specs = replica_specs(replicas, self.uri, storage_options)  # before any handler
         self._history: list[tuple[int, dict[str, float]]] = []
         self._lineage = LineageState()
         self._stager = Stager()
@@ -127,9 +128,8 @@ class CheckpointManager:
         self._background = BackgroundSaver(self.uri, self.async_options.exit_timeout)
         self._preemption = None if preempt is None else \
             PreemptionWatch(preempt.signals, preempt.deadline)
-        specs = replica_specs(replicas, self.uri, storage_options)  # copier on rank 0 only
         self._replicas = Replicator(self.context, () if is_distributed() and dist.get_rank()
-                                    else specs)
+                                    else specs)  # the copier runs on rank 0 only
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self.uri!r})"

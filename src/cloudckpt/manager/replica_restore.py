@@ -8,7 +8,9 @@ turns to the replicas when:
   ``connect_budget`` (refused) or ``deadline`` (frozen); or, for ``"latest"``, the run root
   itself is gone (``NotFound`` from the listing);
 - ``"latest"`` finds no checkpoint at the primary, or none intact (``CorruptCheckpoint``);
-- an explicitly requested step (an int or ``"best"``) is damaged at the primary.
+- an explicitly requested step (an int or ``"best"``) is damaged at the primary;
+- ``"latest"`` at the primary had to fall back past newer damaged checkpoints: an intact
+  replica copy of a newer one is taken instead (one more LIST of the primary).
 
 Across the replicas, ``"latest"`` takes the newest checkpoint of each replica's live lineage,
 newest first over all replicas (ties: the replica listed first); one that fails to load
@@ -66,6 +68,9 @@ def restore_any(primary: RunContext, replicas: Sequence[RunContext], which: int 
             raise
         primary_error, reason = e, f"the run is gone ({e})"
     else:
+        if state is not None and which == "latest" and replicas:
+            return _prefer_newer(primary, replicas, state, objects, rng=rng, strict=strict,
+                                 map_location=map_location)
         if state is not None or which != "latest" or not replicas:
             return state
         reason = "it has no checkpoint"
@@ -85,7 +90,27 @@ def restore_any(primary: RunContext, replicas: Sequence[RunContext], which: int 
     return None
 
 
-def _candidates(replicas: Sequence[RunContext], which: int | str
+def _prefer_newer(primary: RunContext, replicas: Sequence[RunContext], state: TrainingState,
+                  objects: Mapping[str, Any], *, rng: bool, strict: bool,
+                  map_location: Any) -> TrainingState:
+    """After the primary's ``"latest"`` fell back past newer damaged checkpoints: an intact
+    replica copy of a newer one, if any (loaded over the objects), else ``state``."""
+    try:
+        newest = max((r.step for r in live_records(primary)), default=state.step)
+    except CloudckptError:
+        return state
+    if newest <= state.step:
+        return state
+    found = _from_replicas(replicas, "latest", objects, rng=rng, strict=strict,
+                           map_location=map_location, newer_than=state.step)
+    if found is None:
+        return state
+    log.warning("restored step %d from the replica %s: the primary %s has only damaged "
+                "copies of steps after %d", found.step, found.uri, primary.uri, state.step)
+    return found
+
+
+def _candidates(replicas: Sequence[RunContext], which: int | str, newer_than: int = -1
                 ) -> list[tuple[int | str, RunContext]]:
     if which != "latest":
         return [(which, r) for r in replicas]
@@ -97,15 +122,15 @@ def _candidates(replicas: Sequence[RunContext], which: int | str
         except CloudckptError as e:
             log.warning("replica %s cannot be listed: %s", ctx.uri, e)
             continue
-        found += [(r.step, i, ctx) for r in live if r.location == "hot"]
+        found += [(r.step, i, ctx) for r in live if r.location == "hot" and r.step > newer_than]
     found.sort(key=lambda t: (-t[0], t[1]))
     return [(step, ctx) for step, _, ctx in found]
 
 
 def _from_replicas(replicas: Sequence[RunContext], which: int | str,
                    objects: Mapping[str, Any], *, rng: bool, strict: bool,
-                   map_location: Any) -> TrainingState | None:
-    for step, ctx in _candidates(replicas, which):
+                   map_location: Any, newer_than: int = -1) -> TrainingState | None:
+    for step, ctx in _candidates(replicas, which, newer_than):
         try:
             state = restore_run(ctx, step, objects, rng=rng, strict=strict,
                                 map_location=map_location)
