@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -109,6 +111,24 @@ def test_replicate_retain_then_restore_from_replicas_when_the_primary_is_down(
             assert any("restored step 3 from the replica" in r.message for r in caplog.records)
 
 
+def _lines(proc: subprocess.Popen[str], n: int, timeout: float) -> list[str]:
+    """The first ``n`` lines ``proc`` prints, waiting at most ``timeout`` seconds."""
+    out: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def read() -> None:
+        for _ in range(n):
+            out.put(stdout.readline().strip())
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    try:
+        return [out.get(timeout=max(0.0, deadline - time.monotonic())) for _ in range(n)]
+    except queue.Empty:
+        pytest.fail(f"the trainer printed fewer than {n} lines within {timeout} s")
+
+
 def test_copier_killed_midway_leaves_no_partial_checkpoint_and_a_new_manager_catches_up(
         emus: Emulators) -> None:
     s3, s3_opts = _location(emus, "s3")
@@ -122,8 +142,7 @@ def test_copier_killed_midway_leaves_no_partial_checkpoint_and_a_new_manager_cat
              json.dumps([[gs, slow], [az, az_opts]]), "3"],
             cwd=PROJECT, stdout=subprocess.PIPE, text=True)
         try:
-            assert trainer.stdout is not None
-            lines = [trainer.stdout.readline().strip() for _ in range(3)]
+            lines = _lines(trainer, 3, timeout=120)
             assert lines == ["SAVED 1", "SAVED 2", "SAVED 3"], lines
             assert proxy.wait_frozen(30), "the GCS copy never started"
             time.sleep(0.5)
@@ -148,7 +167,8 @@ def test_a_frozen_replica_never_blocks_saves_or_close(emus: Emulators, tmp_path:
     gs, _ = _location(emus, "gcs")
     with FreezableProxy(emus.endpoint("gcs")) as proxy:
         proxy.freeze()  # the replica's region stops answering, connections stay open
-        frozen = Replica(gs, options_for("gcs", proxy.endpoint), retry=RetryPolicy(deadline=30))
+        frozen = Replica(gs, options_for("gcs", proxy.endpoint),
+                         retry=RetryPolicy(deadline=8, connect_budget=1))
         mgr = CheckpointManager(str(tmp_path / "run"), keep_last=2, replicas=[frozen])
         t0 = time.monotonic()
         for step in range(1, 4):
