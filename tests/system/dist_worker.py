@@ -126,7 +126,8 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
             fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-        mgr = CheckpointManager(uri, keep_last=2, storage_options=opts)
+        replicas = [uri + "-replica"] if "-replica" in mode else []  # rank 0 copies
+        mgr = CheckpointManager(uri, keep_last=2, storage_options=opts, replicas=replicas)
         if mode.startswith("save"):
             g = torch.Generator().manual_seed(1)
             for _ in range(3):
@@ -140,7 +141,8 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
             if "-twice" in mode:  # nothing changed: each rank shares its shards with step 3
                 mgr.save(4, model=model, optimizer=opt, scheduler=sched, epoch=0,
                          metrics={"loss": 0.5}, extra={"note": "dist"})
-            result = {"digest": digest(model), "last_epoch": sched.last_epoch}
+            result = {"digest": digest(model), "last_epoch": sched.last_epoch,
+                      "replicated": mgr.wait_replicas(60)}
         else:
             st = mgr.restore(model=model, optimizer=opt, scheduler=sched)
             assert st is not None

@@ -180,3 +180,18 @@ def test_a_frozen_replica_never_blocks_saves_or_close(emus: Emulators, tmp_path:
         t0 = time.monotonic()
         mgr.close(replica_timeout=1.0)  # as at interpreter exit (exit_timeout)
         assert time.monotonic() - t0 < 3.0
+
+
+def test_a_distributed_run_replicates_from_rank_0(tmp_path: Any) -> None:
+    from tests.system import dist_worker
+    from tests.system.test_dcp import _spawn_job
+
+    uri = str(tmp_path / "run")
+    saved = _spawn_job(dist_worker.manager_job, 2, "save-replica", uri, {}, tmp_path)
+    assert [r["replicated"] for r in saved] == [True, True]  # rank 1 has nothing to wait for
+    replica = uri + "-replica"
+    assert CheckpointManager(replica, keep_last=None).steps() == [3]
+    assert cloudckpt.verify(f"{replica}/{step_dir(3)}").ok
+    model = dist_worker._mlp()  # one process restores the 2-rank DCP checkpoint's copy
+    assert CheckpointManager(replica).restore(model=model) is not None
+    assert dist_worker.digest(model) == saved[0]["digest"]
