@@ -148,7 +148,6 @@ class _Worker:
         self.started = 0  # requests covered by the pass running or last run
         self.finished = 0  # requests covered by the last finished pass
         self.ok = 0  # requests covered by the last complete pass
-        self.last: SyncReport | None = None
         self.closed = False
         self.thread = threading.Thread(target=self._loop, daemon=True,
                                        name=f"cloudckpt-replica-{spec.uri}")
@@ -169,7 +168,7 @@ class _Worker:
                 self.started = target = self.requested
             report = self._pass()
             with self.cond:
-                self.finished, self.last = target, report
+                self.finished = target
                 if report is not None and report.complete:
                     self.ok = target
                 self.cond.notify_all()
@@ -219,9 +218,6 @@ class Replicator:
         if self._workers:
             atexit.register(self._at_exit)
 
-    def __bool__(self) -> bool:
-        return bool(self._workers)
-
     def request(self) -> None:
         """Ask every replica for a pass (after a commit). Never blocks on storage."""
         for w in self._workers:
@@ -235,10 +231,6 @@ class Replicator:
         deadline = None if timeout is None else time.monotonic() + timeout
         targets = [(w, w.requested) for w in self._workers]
         return all([w.wait(t, deadline) for w, t in targets])
-
-    def reports(self) -> dict[str, SyncReport | None]:
-        """The last finished pass of each replica (``None``: none yet, or it failed)."""
-        return {w.replica.uri: w.last for w in self._workers}
 
     def close(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds for the passes asked for, then stop the workers (a
