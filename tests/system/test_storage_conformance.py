@@ -44,16 +44,19 @@ def test_get_range(store: Store) -> None:
 
 
 def test_get_range_into(store: Store) -> None:
-    """Reads land in the caller's buffer (local disk: readinto; others: copied in), short at
-    the object's end, and a missing object is ``NotFound`` like ``get``."""
+    """Local disk reads land in the caller's buffer (readinto); network stores may hand back
+    their client's own bytes instead of copying them. Either way the bytes are right, short
+    at the object's end, and a missing object is ``NotFound`` like ``get``."""
     data = bytes(range(256)) * 40
     store.put("r", data)
     buf = bytearray(5000)
     out = memoryview(buf)
+    local = store.protocol == "file"
     got = store.get_range_into("r", 1000, out[:4000])
-    assert bytes(got) == data[1000:5000] and got.obj is buf
+    assert bytes(got) == data[1000:5000] and (got.obj is buf or not local)
     got = store.get_range_into("r", len(data) - 5, out)  # past the end: short, no error
-    assert bytes(got) == data[-5:] and bytes(buf[:5]) == data[-5:]
+    assert bytes(got) == data[-5:]
+    assert not local or (got.obj is buf and bytes(buf[:5]) == data[-5:])
     assert len(store.get_range_into("r", 0, out[:0])) == 0
     with pytest.raises(NotFound):
         store.get_range_into("missing", 0, out)

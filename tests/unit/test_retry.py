@@ -450,11 +450,11 @@ def test_inline_attempts_when_attempt_timeout_is_none() -> None:
 
 
 def test_a_ranged_read_into_never_reuses_memory_an_abandoned_attempt_holds(
-        gate: threading.Event) -> None:
+        gate: threading.Event, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``get_range_into``: once an attempt was abandoned (it may still write into the
     caller's buffer when its server wakes up), the retry reads into new memory and says so
     (the result is not a view of the caller's buffer), so the reader drops that buffer."""
-    inner = raw_memory("into-abandoned")
+    inner = open_store(str(tmp_path / "s")).inner  # type: ignore[attr-defined]  # readinto
     payload = bytes(range(256)) * 8
     inner.put("k", payload)
     policy = RetryPolicy(attempt_timeout=0.2, initial_backoff=0.0, deadline=10.0)

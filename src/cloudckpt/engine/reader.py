@@ -222,8 +222,8 @@ def _fetch_all(m: Manifest, runs: list[_Run | int], jobs: dict[int, list[Any]], 
             buf = scratch[tid] = np.empty(max(want, biggest + 1), np.uint8)
         out = buf.data[:want]
         data = read_range_into(st, key, run.start, out)
-        if data.obj is not out.obj:  # an abandoned read may still write into ``buf``
-            scratch.pop(tid, None)
+        if data.obj is not out.obj:  # new memory: ``buf`` unused (network stores), or an
+            scratch.pop(tid, None)  # abandoned read may still write into it: drop it
         return data
 
     def task(run: _Run | int) -> None:

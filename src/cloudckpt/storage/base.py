@@ -100,11 +100,13 @@ class Store(Protocol):
 
     def get_range_into(self, key: str, start: int, out: memoryview) -> memoryview:
         """Read bytes ``[start, start + len(out))`` of an object into ``out`` (short at the
-        object's end; the caller checks sizes) and return a view of the bytes read: normally
-        ``out[:n]``. A wrapper that abandoned an attempt (a store that stopped answering) may
-        return new memory instead; then the abandoned attempt may still write into ``out``
-        later, and the caller must not use ``out`` again (check ``result.obj is out.obj``).
-        Optional: :func:`read_range_into` falls back to ``get_range`` for stores without it."""
+        object's end; the caller checks sizes) and return a view of the bytes read: ``out[:n]``,
+        or new memory when the backend's client hands back a buffer of its own (network
+        stores: copying it would only cost time) or when a wrapper abandoned an attempt (a
+        store that stopped answering: that attempt may still write into ``out`` later). The
+        caller may use ``out`` again only when the result is a view of it
+        (``result.obj is out.obj``). Optional: :func:`read_range_into` falls back to
+        ``get_range`` for stores without it."""
 
     def stat(self, key: str) -> ObjectInfo:
         """Size, etag/generation, mtime and storage class of one object."""

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from cloudckpt.errors import NotFound
 from cloudckpt.storage.backends.base import Backend
-from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload, copy_into
+from cloudckpt.storage.base import ObjectInfo, PendingUpload, Upload
 from cloudckpt.storage.translate import translate_error
 from cloudckpt.storage.uri import StoreURI, validate_key
 
@@ -111,8 +111,8 @@ class FsspecStore:
         if not len(out):
             return out
         read_into = getattr(self._backend, "read_into", None)
-        if read_into is None:  # the backend's client hands back new bytes: copy them
-            return copy_into(self.get_range(key, start, start + len(out)), out)
+        if read_into is None:  # the backend's client hands back its own new bytes: no copy
+            return memoryview(self.get_range(key, start, start + len(out)))
         n = self._call("ranged read of", key, read_into, self._path(key), start, out)
         return out[:n]
 
