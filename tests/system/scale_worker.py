@@ -15,6 +15,24 @@ TENSORS_PER_RANK = 12
 ELEMS = 16 * 1024
 
 
+#: what the fork server imports once, so each forked rank starts with it loaded
+PRELOAD = ["torch", "torch.distributed.checkpoint", "cloudckpt.dcp", "tests.system.scale_worker"]
+
+
+def start_ranks(fn: object, args: tuple[object, ...], world: int) -> None:
+    """Run ``fn(rank, *args)`` on ``world`` processes forked from a fork server (a clean,
+    single-threaded process that imported :data:`PRELOAD`), never from the test process:
+    a fork of the multi-threaded pytest process can copy a lock another thread holds (an
+    I/O loop, a pool, a registry) and hang the child; spawning 16 interpreters that each
+    import torch takes minutes on 2 cores."""
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    mp.start_processes(fn, args=args, nprocs=world, join=True, start_method="forkserver")
+
+
 def rank_state(rank: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 + rank)
     return {f"r{rank}.t{i}": torch.randn(ELEMS, generator=g) for i in range(TENSORS_PER_RANK)}

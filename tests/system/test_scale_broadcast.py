@@ -5,13 +5,7 @@ fetched are counted by a loopback proxy in front of moto."""
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
-import torch.distributed.checkpoint  # noqa: F401 - imported before the ranks fork
-import torch.multiprocessing as mp
-
-import cloudckpt.dcp  # noqa: F401 - imported before the ranks fork
 from cloudckpt.testing.emulators import free_port
 from cloudckpt.testing.proxy import FreezableProxy
 from tests.conftest import bucket_name, make_bucket
@@ -24,16 +18,11 @@ MiB = 1 << 20
 def _run(mode: str, uri: str, opts: dict, tmp_path) -> list[dict]:  # type: ignore[no-untyped-def]
     out = tmp_path / mode
     out.mkdir()
-    mp.start_processes(scale_worker.broadcast_job,
-                       args=(WORLD, free_port(), mode, uri, json.dumps(opts), str(out)),
-                       nprocs=WORLD, join=True, start_method="fork")
+    scale_worker.start_ranks(scale_worker.broadcast_job,
+                             (WORLD, free_port(), mode, uri, json.dumps(opts), str(out)), WORLD)
     return [json.loads((out / f"rank{r}.txt").read_text()) for r in range(WORLD)]
 
 
-@pytest.mark.skipif(os.environ.get("CI") == "true" and not os.environ.get("CLOUDCKPT_SCALE_TESTS"),
-                    reason="4 forked gloo ranks hung once in the save phase in a full CI run "
-                    "(not reproduced alone; the broadcast restore path stays covered in CI by "
-                    "test_dcp's manager restores); set CLOUDCKPT_SCALE_TESTS=1 to run it")
 def test_replicated_tensors_are_read_once_and_broadcast(emus, tmp_path) -> None:  # type: ignore[no-untyped-def]
     bucket = bucket_name("s3")
     opts = make_bucket(emus, "s3", bucket)

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 
-import torch.distributed.checkpoint  # noqa: F401 - imported before the ranks fork
-import torch.multiprocessing as mp
-
 import cloudckpt
-import cloudckpt.dcp  # imported before the ranks fork
 from cloudckpt.engine.verify import verify
 from cloudckpt.testing.emulators import free_port
 from cloudckpt.testing.throttle_proxy import ThrottlingProxy
@@ -30,10 +26,8 @@ def test_16_ranks_save_through_slowdown_and_pace_near_the_limit(emus, tmp_path) 
         popts = {**opts, "endpoint_url": proxy.endpoint}
         out = tmp_path / "out"
         out.mkdir()
-        # forked, not spawned: 16 fresh interpreters importing torch take minutes on 2 cores
-        mp.start_processes(scale_worker.throttle_job,
-                           args=(WORLD, free_port(), uri, json.dumps(popts), str(out)),
-                           nprocs=WORLD, join=True, start_method="fork")
+        scale_worker.start_ranks(scale_worker.throttle_job,
+                                 (WORLD, free_port(), uri, json.dumps(popts), str(out)), WORLD)
         reports = [json.loads((out / f"rank{r}.txt").read_text()) for r in range(WORLD)]
         admitted, throttled = list(proxy.admitted_at), list(proxy.throttled_at)
     assert [r["result"] for r in reports] == ["saved"] * WORLD, reports
