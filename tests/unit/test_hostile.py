@@ -169,6 +169,23 @@ def test_local_store_refuses_symlinks_and_fifos(tmp_path) -> None:  # type: igno
     assert time.perf_counter() - t0 < 5
 
 
+def test_local_reads_refuse_a_link_or_fifo_swapped_in_after_the_check(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The path check runs before the open: an object swapped for a symlink or a FIFO in
+    between is still never followed, and a FIFO never blocks the read."""
+    from cloudckpt.storage.backends.local import LocalBackend
+
+    (tmp_path / "secret.bin").write_bytes(b"s" * 100)
+    out = memoryview(bytearray(10))
+    (tmp_path / "link").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(OSError):  # ELOOP: the link is not followed
+        LocalBackend().read_into(str(tmp_path / "link"), 0, out)
+    os.mkfifo(tmp_path / "fifo")
+    t0 = time.perf_counter()
+    with pytest.raises(CorruptCheckpoint, match="not a regular file"):
+        LocalBackend().read_into(str(tmp_path / "fifo"), 0, out)
+    assert time.perf_counter() - t0 < 5 and bytes(out) == bytes(10)
+
+
 def test_overwrite_keeps_the_replaced_data_for_readers_in_flight(tmp_path) -> None:  # type: ignore[no-untyped-def]
     uri = str(tmp_path / "c")
     cloudckpt.save({"w": torch.zeros(1000)}, uri)

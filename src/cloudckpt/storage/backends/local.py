@@ -144,8 +144,14 @@ class LocalBackend(BackendBase):
         """Read from ``start`` into ``out`` until it is full or the file ends; bytes read.
         Straight into the caller's memory: no new buffer per read (fresh memory is what
         costs most in a load, see docs/benchmarks.md)."""
+        # the key's path was checked (no symlink, no special file); these flags keep a swap
+        # after that check from following a link or blocking forever on a FIFO
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         got = 0
-        with open(path, "rb", buffering=0) as f:
+        with open(fd, "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CorruptCheckpoint(f"{path} is not a regular file; cloudckpt never reads "
+                                        "special files inside a store")
             f.seek(start)
             while got < len(out):
                 n = f.readinto(out[got:])
