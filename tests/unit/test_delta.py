@@ -62,6 +62,10 @@ def test_deltas_restore_bit_exact_with_bounded_chains() -> None:
 def test_deltas_survive_retention_gc_and_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
     uri = str(tmp_path / "run")
     mgr = _run(uri, 3, delta=True, full_every=4)
+    # on local disk too (where "auto" otherwise stores raw bytes), deltas are made
+    m = cloudckpt.inspect(f"{uri}/{step_dir(3)}")
+    w = next(i for i, t in enumerate(m.tensors) if t.path.endswith("['w']"))
+    assert len(chain(m, m.tensors[w].segments[0].chunk)) == 3
     for s in (1, 2):
         mgr.delete(s)  # the bases of step 3's chain
     mgr.gc(dry_run=False, grace=0)

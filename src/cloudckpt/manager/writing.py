@@ -18,6 +18,7 @@ from typing import Any
 
 from cloudckpt.engine.writer import SaveInfo, write_encoded
 from cloudckpt.errors import InvalidArgument
+from cloudckpt.format.chunking import resolve_compression
 from cloudckpt.format.keys import step_dir
 from cloudckpt.format.tree import Leaf, encode_tree
 from cloudckpt.manager.context import RunContext
@@ -102,8 +103,8 @@ def write_step(ctx: RunContext, step: int, tree: Any, leaves: list[Leaf],
     base = deltas if deltas is not None and src is not None and deltas.step == src else None
     try:
         info = write_encoded(tree, leaves, ctx.step_store(step), metadata=meta,
-                             compression=("bg-zstd" if deltas is not None
-                                          and ctx.compression == "auto" else ctx.compression),
+                             compression=resolve_compression(  # deltas: from the first save
+                                 ctx.compression, ctx.store.protocol, delta=deltas is not None),
                              overwrite=overwrite, dedup=dedup,
                              ref_check=lambda refs: _check_refs(ctx, step, refs),
                              protect=protect, delta=base)
