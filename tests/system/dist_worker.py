@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -12,6 +14,18 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 SHAPES = {"w": (24, 8), "m": (8, 12), "b": (8,), "ddp": (5, 5)}
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, port: int) -> Iterator[None]:
+    """This process as rank ``rank`` of a ``world``-rank gloo group rendezvousing on
+    127.0.0.1:``port``; the group is destroyed when the block ends, however it ends."""
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def _exit_cleanly() -> None:
@@ -54,9 +68,7 @@ def run(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str, o
     from cloudckpt.testing import FaultPlan, FaultyStore
 
     opts = json.loads(opts_json)
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            init_method=f"tcp://127.0.0.1:{port}")
-    try:
+    with gloo_group(rank, world, port):
         mesh = init_device_mesh("cpu", (world,))
         if mode in ("save", "fail"):
             state = build_state(world, mesh, fill=True)
@@ -81,8 +93,6 @@ def run(rank: int, world: int, port: int, mode: str, uri: str, opts_json: str, o
             result = "equal" if ok else "DIFFERENT"
         with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
             f.write(result)
-    finally:
-        dist.destroy_process_group()
     _exit_cleanly()
 
 
@@ -114,10 +124,7 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
     from cloudckpt import CheckpointManager
 
     opts = json.loads(opts_json)
-    if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world,
-                                init_method=f"tcp://127.0.0.1:{port}")
-    try:
+    with gloo_group(rank, world, port) if world > 1 else contextlib.nullcontext():
         model = _mlp()
         if mode.endswith("-fsdp2") and world > 1:  # parameters become sharded DTensors
             from torch.distributed.device_mesh import init_device_mesh
@@ -154,7 +161,4 @@ def manager_job(rank: int, world: int, port: int, mode: str, uri: str, opts_json
                           float(s["step"]) for s in osd["state"].values())}
         with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
             f.write(json.dumps(result, sort_keys=True))
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
     _exit_cleanly()

@@ -10,6 +10,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from tests.system.dist_worker import _exit_cleanly, gloo_group
+
 #: each rank's shard: this many tensors of 64 KiB, each its own data object (PUT)
 TENSORS_PER_RANK = 12
 ELEMS = 16 * 1024
@@ -51,9 +53,7 @@ def throttle_job(rank: int, world: int, port: int, uri: str, opts_json: str, out
     from cloudckpt.storage.throttle import limiters
 
     opts = json.loads(opts_json)
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            init_method=f"tcp://127.0.0.1:{port}")
-    try:
+    with gloo_group(rank, world, port):
         state = rank_state(rank)
         try:
             dcp.save(state, storage_writer=cdcp.Writer(uri, storage_options=opts,
@@ -69,10 +69,6 @@ def throttle_job(rank: int, world: int, port: int, uri: str, opts_json: str, out
                   "waited": sum(lim.waited for lim in lims)}
         with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
             f.write(json.dumps(report))
-    finally:
-        dist.destroy_process_group()
-    from tests.system.dist_worker import _exit_cleanly
-
     _exit_cleanly()
 
 
@@ -106,9 +102,7 @@ def broadcast_job(rank: int, world: int, port: int, mode: str, uri: str, opts_js
     import cloudckpt.dcp as cdcp
 
     opts = json.loads(opts_json)
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            init_method=f"tcp://127.0.0.1:{port}")
-    try:
+    with gloo_group(rank, world, port):
         mesh = init_device_mesh("cpu", (world,))
         report: dict[str, object] = {}
         if mode == "save":
@@ -130,8 +124,4 @@ def broadcast_job(rank: int, world: int, port: int, mode: str, uri: str, opts_js
             report["result"] = "equal" if same else "DIFFERENT"
         with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
             f.write(json.dumps(report))
-    finally:
-        dist.destroy_process_group()
-    from tests.system.dist_worker import _exit_cleanly
-
     _exit_cleanly()
